@@ -1,0 +1,66 @@
+"""Helpers shared by the node's tests: condition waits, a switchable transport, and
+a checker that compares the server's copy (decrypted) with the node's local store."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+import anyio
+import httpx
+
+from actors.ownership_guard import FENCE_KEY
+from node import crypto, kv_keys
+from node.keys import NodeKeys
+from node.store import Triple
+from vss.client import SignatureAuth, VssClient
+
+MNEMONIC_A = "abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon about"
+
+
+async def wait_for(predicate: Callable[[], Awaitable[bool] | bool], timeout: float = 15.0, what: str = "condition") -> None:
+    """Poll `predicate` until true; fail the test after `timeout` seconds."""
+    with anyio.fail_after(timeout):
+        while True:
+            result = predicate()
+            if not isinstance(result, bool):
+                result = await result
+            if result:
+                return
+            await anyio.sleep(0.02)
+
+
+class SwitchableTransport(httpx.AsyncBaseTransport):
+    """A real HTTP transport that can be switched 'down': then every request fails as a
+    refused connection would, without reaching the server."""
+
+    def __init__(self) -> None:
+        self._inner = httpx.AsyncHTTPTransport()
+        self.down = False
+        self.requests = 0
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        self.requests += 1
+        if self.down:
+            raise httpx.ConnectError("injected: server down", request=request)
+        return await self._inner.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
+def client_for(url: str, keys: NodeKeys) -> VssClient:
+    return VssClient(url, SignatureAuth(keys.signing_key))
+
+
+async def remote_kv(client: VssClient, keys: NodeKeys) -> dict[Triple, bytes]:
+    """The server's copy of the KV stream, decrypted with the node's key."""
+    out: dict[Triple, bytes] = {}
+    async for item in client.iter_key_versions(keys.kv_store_id):
+        if item.key == FENCE_KEY:
+            continue
+        stored = (await client.get_object(keys.kv_store_id, item.key)).value
+        out[kv_keys.from_vss_key(item.key)] = crypto.decrypt_value(keys.signing_key, stored)
+    return out
+
+
+__all__ = ["MNEMONIC_A", "wait_for", "SwitchableTransport", "client_for", "remote_kv"]

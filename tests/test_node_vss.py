@@ -1,0 +1,263 @@
+"""The node against the bundled VSS server, end to end, in-process.
+
+Each test uses a fresh mnemonic, so it has its own VSS user and stores on the shared
+server. Waits are on conditions with deadlines, never fixed sleeps.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from actors.supervisor import Node, NodeState
+from node import crypto, errors
+from node.config import NodeConfig
+from node.keys import derive_keys, generate_mnemonic
+from vss.errors import NoSuchKeyError
+from vss.proto.vss_pb2 import KeyValue
+from nodeutil import SwitchableTransport, client_for, remote_kv, wait_for
+
+pytestmark = pytest.mark.anyio
+PASSWORD = "correct horse"
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+def config(data_dir: Path, url: str, **kwargs: object) -> NodeConfig:
+    return NodeConfig(data_dir=data_dir, vss_url=url, **kwargs)
+
+
+async def pending(node: Node) -> int:
+    return (await node.backup_info())["pending_kv_writes"]
+
+
+async def test_write_is_local_at_once_and_reaches_the_server_encrypted(tmp_path, vss_server):
+    mnemonic = generate_mnemonic()
+    keys = derive_keys(mnemonic)
+    async with Node.open(config(tmp_path / "a", vss_server.url)) as node:
+        await node.init(PASSWORD, mnemonic)
+        await node.unlock(PASSWORD)
+        await node.put("payments", "inbound", "k1", b"hello")
+        await node.put("", "", "manager", b"")
+        assert await node.get("payments", "inbound", "k1") == b"hello"
+        await wait_for(lambda: _zero(node), what="replication")
+        async with client_for(vss_server.url, keys) as client:
+            stored = await client.get_object(keys.kv_store_id, "payments/inbound/k1")
+            assert stored.value[0] == 1 and b"hello" not in stored.value
+            assert crypto.decrypt_value(keys.signing_key, stored.value) == b"hello"
+            empty = await client.get_object(keys.kv_store_id, "_/_/manager")
+            assert crypto.decrypt_value(keys.signing_key, empty.value) == b""
+            assert await remote_kv(client, keys) == node.store.all_items()
+
+
+async def _zero(node: Node) -> bool:
+    return await pending(node) == 0
+
+
+async def test_delete_reaches_the_server(tmp_path, vss_server):
+    mnemonic = generate_mnemonic()
+    keys = derive_keys(mnemonic)
+    async with Node.open(config(tmp_path / "a", vss_server.url)) as node:
+        await node.init(PASSWORD, mnemonic)
+        await node.unlock(PASSWORD)
+        await node.put("ns", "", "gone", b"1")
+        await node.put("ns", "", "kept", b"2")
+        await wait_for(lambda: _zero(node))
+        await node.delete("ns", "", "gone")
+        await node.delete("ns", "", "never-existed")  # a delete the server never had
+        await wait_for(lambda: _zero(node))
+        async with client_for(vss_server.url, keys) as client:
+            with pytest.raises(NoSuchKeyError):
+                await client.get_object(keys.kv_store_id, "ns/_/gone")
+            assert await remote_kv(client, keys) == {("ns", "", "kept"): b"2"}
+
+
+async def test_fresh_data_dir_restores_every_key(tmp_path, vss_server):
+    mnemonic = generate_mnemonic()
+    written = {("ns", "", f"k{i}"): bytes([i % 256]) * (i * 7) for i in range(250)}
+    written[("big", "", "blob")] = bytes(range(256)) * 4096  # 1 MiB
+    async with Node.open(config(tmp_path / "old", vss_server.url)) as old:
+        await old.init(PASSWORD, mnemonic)
+        await old.unlock(PASSWORD)
+        for (p, s, k), v in written.items():
+            await old.put(p, s, k, v)
+        await wait_for(lambda: _zero(old))
+
+    async with Node.open(config(tmp_path / "new", vss_server.url)) as new:
+        await new.init("another password", mnemonic)
+        with pytest.raises(errors.OwnershipConflict, match="vssclearfence"):
+            await new.unlock("another password")
+        assert new.state is NodeState.LOCKED and new.store.all_items() == {}
+        assert await new.clear_fence("another password") is True
+        await new.unlock("another password")
+        assert new.store.all_items() == written
+        info = new.info()
+        assert info["restore"] == {"keys_done": len(written), "bytes_done": sum(map(len, written.values())), "finished": True}
+        # the restored node replicates its new writes
+        await new.put("ns", "", "after", b"x")
+        await wait_for(lambda: _zero(new))
+
+
+async def test_second_node_on_the_same_store_is_refused(tmp_path, vss_server):
+    mnemonic = generate_mnemonic()
+    async with Node.open(config(tmp_path / "a", vss_server.url)) as first:
+        await first.init(PASSWORD, mnemonic)
+        await first.unlock(PASSWORD)
+        await first.put("ns", "", "k", b"v")
+        async with Node.open(config(tmp_path / "b", vss_server.url)) as second:
+            await second.init(PASSWORD, mnemonic)
+            with pytest.raises(errors.OwnershipConflict):
+                await second.unlock(PASSWORD)
+            assert second.state is NodeState.LOCKED
+
+
+async def test_same_data_dir_restarts_without_clearing(tmp_path, vss_server):
+    mnemonic = generate_mnemonic()
+    async with Node.open(config(tmp_path / "a", vss_server.url)) as node:
+        await node.init(PASSWORD, mnemonic)
+        await node.unlock(PASSWORD)
+        await node.put("ns", "", "k", b"1")
+    async with Node.open(config(tmp_path / "a", vss_server.url)) as node:
+        await node.unlock(PASSWORD)
+        assert node.state is NodeState.RUNNING
+        assert await node.get("ns", "", "k") == b"1"
+        await node.put("ns", "", "k", b"2")
+        await wait_for(lambda: _zero(node))
+        keys = derive_keys(mnemonic)
+        async with client_for(vss_server.url, keys) as client:
+            assert await remote_kv(client, keys) == {("ns", "", "k"): b"2"}
+
+
+async def test_writes_succeed_with_the_server_down_and_catch_up(tmp_path, vss_server):
+    """Fault: every VSS request fails as a refused connection. Expected: writes are
+    acknowledged at once, pending grows; once the server is back, pending returns to 0
+    without any new write and the server's copy equals the local one."""
+    mnemonic = generate_mnemonic()
+    keys = derive_keys(mnemonic)
+    transport = SwitchableTransport()
+    async with Node.open(config(tmp_path / "a", vss_server.url), vss_transport=transport) as node:
+        await node.init(PASSWORD, mnemonic)
+        await node.unlock(PASSWORD)
+        transport.down = True
+        for i in range(300):
+            await node.put("ns", "", f"k{i % 120}", b"v%d" % i)
+        await node.delete("ns", "", "k3")
+        assert await pending(node) == 120
+        info = await node.backup_info()
+        assert info["oldest_pending_age_s"] is not None
+        await wait_for(lambda: node.metrics()["replication_failures_total"] >= 1)
+        transport.down = False
+        await wait_for(lambda: _zero(node), timeout=30, what="catch-up without new writes")
+        async with client_for(vss_server.url, keys) as client:
+            assert await remote_kv(client, keys) == node.store.all_items()
+        assert ("ns", "", "k3") not in node.store.all_items()
+
+
+async def test_server_down_at_restart_does_not_block_unlock(tmp_path, vss_server):
+    mnemonic = generate_mnemonic()
+    transport = SwitchableTransport()
+    async with Node.open(config(tmp_path / "a", vss_server.url), vss_transport=transport) as node:
+        await node.init(PASSWORD, mnemonic)
+        await node.unlock(PASSWORD)
+        await node.put("ns", "", "k", b"1")
+    transport = SwitchableTransport()
+    transport.down = True
+    async with Node.open(config(tmp_path / "a", vss_server.url), vss_transport=transport) as node:
+        await node.unlock(PASSWORD)  # local state exists: no restore needed, unlock goes on
+        await node.put("ns", "", "k", b"2")
+        assert await pending(node) >= 1
+        transport.down = False
+        await wait_for(lambda: _zero(node), timeout=30)
+        keys = derive_keys(mnemonic)
+        async with client_for(vss_server.url, keys) as client:
+            assert await remote_kv(client, keys) == {("ns", "", "k"): b"2"}
+
+
+async def test_restore_refuses_values_it_cannot_decrypt(tmp_path, vss_server):
+    """Fault: a value on the server encrypted under another key (a wrong mnemonic, or
+    corruption). Expected: unlock fails with RestoreFailed, nothing is made live."""
+    mnemonic = generate_mnemonic()
+    keys = derive_keys(mnemonic)
+    other = derive_keys(generate_mnemonic())
+    async with client_for(vss_server.url, keys) as client:
+        good = crypto.encrypt_value(keys.signing_key, b"fine")
+        bad = crypto.encrypt_value(other.signing_key, b"secret")
+        await client.put_objects(
+            keys.kv_store_id, [KeyValue(key="ns/_/good", version=-1, value=good), KeyValue(key="ns/_/bad", version=-1, value=bad)]
+        )
+    async with Node.open(config(tmp_path / "a", vss_server.url)) as node:
+        await node.init(PASSWORD, mnemonic)
+        with pytest.raises(errors.RestoreFailed, match="wrong mnemonic or corrupted"):
+            await node.unlock(PASSWORD)
+        assert node.state is NodeState.LOCKED
+        assert node.store.all_items() == {}
+
+
+async def test_allow_empty_restore_starts_empty_when_restore_fails(tmp_path, vss_server):
+    mnemonic = generate_mnemonic()
+    keys = derive_keys(mnemonic)
+    other = derive_keys(generate_mnemonic())
+    async with client_for(vss_server.url, keys) as client:
+        bad = crypto.encrypt_value(other.signing_key, b"secret")
+        await client.put_objects(keys.kv_store_id, [KeyValue(key="ns/_/bad", version=-1, value=bad)])
+    async with Node.open(config(tmp_path / "a", vss_server.url, vss_allow_empty_restore=True)) as node:
+        await node.init(PASSWORD, mnemonic)
+        await node.unlock(PASSWORD)
+        assert node.state is NodeState.RUNNING
+        assert node.store.all_items() == {}
+
+
+async def test_another_mnemonic_sees_nothing_of_this_backup(tmp_path, vss_server):
+    mnemonic = generate_mnemonic()
+    async with Node.open(config(tmp_path / "a", vss_server.url)) as node:
+        await node.init(PASSWORD, mnemonic)
+        await node.unlock(PASSWORD)
+        await node.put("ns", "", "k", b"secret")
+        await wait_for(lambda: _zero(node))
+    async with Node.open(config(tmp_path / "b", vss_server.url)) as stranger:
+        await stranger.init(PASSWORD, generate_mnemonic())
+        await stranger.unlock(PASSWORD)
+        assert stranger.store.all_items() == {}
+
+
+async def test_takeover_fences_out_the_old_owner(tmp_path, vss_server):
+    """Fault: node B clears the fence and takes over while node A runs. Expected: A's
+    later writes never land on the server; A reports it lost ownership."""
+    mnemonic = generate_mnemonic()
+    keys = derive_keys(mnemonic)
+    async with Node.open(config(tmp_path / "a", vss_server.url)) as a:
+        await a.init(PASSWORD, mnemonic)
+        await a.unlock(PASSWORD)
+        await a.put("ns", "", "k", b"from A")
+        await wait_for(lambda: _zero(a))
+        async with Node.open(config(tmp_path / "b", vss_server.url)) as b:
+            await b.init(PASSWORD, mnemonic)
+            assert await b.clear_fence(PASSWORD) is True
+            await b.unlock(PASSWORD)
+            await b.put("ns", "", "k", b"from B")
+            await wait_for(lambda: _zero(b))
+            await a.put("ns", "", "k", b"stale A")  # committed locally; must not land
+            await wait_for(lambda: a.state is NodeState.FENCED, what="A notices it lost the fence")
+            with pytest.raises(errors.OwnershipLost):
+                await a.put("ns", "", "k", b"refused")
+            assert a.info()["state"] == "fenced"
+            async with client_for(vss_server.url, keys) as client:
+                assert (await remote_kv(client, keys))[("ns", "", "k")] == b"from B"
+
+
+async def test_vss_enabled_later_uploads_existing_state(tmp_path, vss_server):
+    mnemonic = generate_mnemonic()
+    keys = derive_keys(mnemonic)
+    async with Node.open(NodeConfig(data_dir=tmp_path / "a")) as node:
+        await node.init(PASSWORD, mnemonic)
+        await node.unlock(PASSWORD)
+        await node.put("ns", "", "before", b"1")
+    async with Node.open(config(tmp_path / "a", vss_server.url)) as node:
+        await node.unlock(PASSWORD)
+        await wait_for(lambda: _zero(node))
+        async with client_for(vss_server.url, keys) as client:
+            assert await remote_kv(client, keys) == {("ns", "", "before"): b"1"}
