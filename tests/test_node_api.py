@@ -1,0 +1,192 @@
+"""The node's HTTP API through the Quart test client: lifecycle, KV routes, error
+shapes, and bad input that must change nothing."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from actors.api import create_app
+from node.config import NodeConfig
+from nodeutil import MNEMONIC_A
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+def make_app(tmp_path: Path, **kwargs: object):
+    return create_app(NodeConfig(data_dir=tmp_path / "node", **kwargs))
+
+
+async def assert_error(response, status: int, name: str) -> dict:
+    assert response.status_code == status, await response.get_data()
+    body = await response.get_json()
+    assert body["code"] == status and body["name"] == name and body["error"]
+    return body
+
+
+async def unlocked(client) -> None:
+    assert (await client.post("/init", json={"password": "pw", "mnemonic": MNEMONIC_A})).status_code == 200
+    assert (await client.post("/unlock", json={"password": "pw"})).status_code == 200
+
+
+async def test_lifecycle_and_kv_round_trip(tmp_path):
+    app = make_app(tmp_path)
+    async with app.test_app() as test_app:
+        client = test_app.test_client()
+        assert (await (await client.get("/nodeinfo")).get_json())["state"] == "uninitialized"
+        init = await client.post("/init", json={"password": "pw"})
+        words = (await init.get_json())["mnemonic"].split()
+        assert len(words) == 24
+        await assert_error(await client.post("/init", json={"password": "pw"}), 409, "AlreadyInitialized")
+        await assert_error(await client.put("/kv/k", data=b"v"), 409, "NodeLocked")
+        await assert_error(await client.post("/unlock", json={"password": "nope"}), 401, "WrongPassword")
+        unlock = await client.post("/unlock", json={"password": "pw"})
+        assert (await unlock.get_json())["state"] == "running"
+        assert (await client.put("/kv/k1?primary=p&secondary=s", data=b"\x00bytes")).status_code == 204
+        assert (await client.put("/kv/empty", data=b"")).status_code == 204
+        got = await client.get("/kv/k1?primary=p&secondary=s")
+        assert got.status_code == 200 and await got.get_data() == b"\x00bytes"
+        assert await (await client.get("/kv/empty")).get_data() == b""
+        await assert_error(await client.get("/kv/k1"), 404, "NotFound")  # other namespace
+        await client.put("/kv/a0?primary=p&secondary=s", data=b"1")
+        listing = await client.get("/kv?primary=p&secondary=s")
+        assert await listing.get_json() == {"keys": ["a0", "k1"]}
+        assert (await client.delete("/kv/k1?primary=p&secondary=s")).status_code == 204
+        assert (await client.delete("/kv/k1?primary=p&secondary=s")).status_code == 204  # absent: still 204
+        await assert_error(await client.get("/kv/k1?primary=p&secondary=s"), 404, "NotFound")
+        lock = await client.post("/lock")
+        assert (await lock.get_json())["state"] == "locked"
+        await assert_error(await client.get("/kv/a0?primary=p&secondary=s"), 409, "NodeLocked")
+
+
+async def test_init_response_never_echoes_a_given_mnemonic(tmp_path):
+    app = make_app(tmp_path)
+    async with app.test_app() as test_app:
+        client = test_app.test_client()
+        response = await client.post("/init", json={"password": "pw", "mnemonic": MNEMONIC_A})
+        assert await response.get_json() == {}
+        for path in ("/nodeinfo", "/metrics"):
+            text = (await (await client.get(path)).get_data()).decode()
+            assert "abandon" not in text and "pw" not in text.split()
+
+
+@pytest.mark.parametrize(
+    "query, name",
+    [
+        ("?primary=_", "InvalidNamespace"),
+        ("?primary=a&secondary=_", "InvalidNamespace"),
+        ("?secondary=s", "InvalidNamespace"),
+        ("?primary=" + "a" * 121, "InvalidNamespace"),
+        ("?primary=bad%2Fslash", "InvalidNamespace"),
+        ("?primary=sp%20ace", "InvalidNamespace"),
+    ],
+)
+async def test_bad_namespaces_are_refused_and_nothing_is_stored(tmp_path, query, name):
+    app = make_app(tmp_path)
+    async with app.test_app() as test_app:
+        client = test_app.test_client()
+        await unlocked(client)
+        await assert_error(await client.put("/kv/k" + query, data=b"v"), 400, name)
+        node = app.extensions["vssnode"]["node"]
+        assert node.store.all_items() == {}
+
+
+@pytest.mark.parametrize("key", ["a" * 121, "bad.key", "%C3%A9"])
+async def test_bad_keys_are_refused(tmp_path, key):
+    app = make_app(tmp_path)
+    async with app.test_app() as test_app:
+        client = test_app.test_client()
+        await unlocked(client)
+        await assert_error(await client.put(f"/kv/{key}", data=b"v"), 400, "InvalidKey")
+        assert app.extensions["vssnode"]["node"].store.all_items() == {}
+
+
+async def test_oversized_value_is_413_and_not_stored(tmp_path):
+    app = create_app(NodeConfig(data_dir=tmp_path / "node", max_value_bytes=1024))
+    async with app.test_app() as test_app:
+        client = test_app.test_client()
+        await unlocked(client)
+        await assert_error(await client.put("/kv/k", data=b"x" * 1025), 413, "ValueTooLarge")
+        assert (await client.put("/kv/k", data=b"x" * 1024)).status_code == 204
+        assert app.extensions["vssnode"]["node"].store.all_items() == {("", "", "k"): b"x" * 1024}
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b"not json", b"[1, 2]", b'"pw"', json.dumps({"password": 5}).encode(), json.dumps({}).encode()],
+)
+async def test_malformed_lifecycle_bodies_are_400(tmp_path, body):
+    app = make_app(tmp_path)
+    async with app.test_app() as test_app:
+        client = test_app.test_client()
+        await assert_error(await client.post("/init", data=body), 400, "InvalidRequest")
+        assert (await (await client.get("/nodeinfo")).get_json())["state"] == "uninitialized"
+
+
+async def test_bad_mnemonic_is_refused_and_nothing_stored(tmp_path):
+    app = make_app(tmp_path)
+    async with app.test_app() as test_app:
+        client = test_app.test_client()
+        bad = " ".join(["abandon"] * 12)  # wrong checksum
+        await assert_error(await client.post("/init", json={"password": "pw", "mnemonic": bad}), 400, "InvalidRequest")
+        assert (await (await client.get("/nodeinfo")).get_json())["state"] == "uninitialized"
+
+
+async def test_vss_routes_answer_vss_not_enabled_without_vss_url(tmp_path):
+    app = make_app(tmp_path)
+    async with app.test_app() as test_app:
+        client = test_app.test_client()
+        await unlocked(client)
+        await assert_error(await client.get("/vssbackupinfo"), 400, "VssNotEnabled")
+        await client.post("/lock")
+        await assert_error(await client.post("/vssclearfence", json={"password": "pw"}), 400, "VssNotEnabled")
+        info = await (await client.get("/nodeinfo")).get_json()
+        assert info["vss_enabled"] is False and info["store_ids"] is None
+
+
+async def test_api_token_is_required_when_set(tmp_path):
+    app = make_app(tmp_path, api_token="s3cret")
+    async with app.test_app() as test_app:
+        client = test_app.test_client()
+        await assert_error(await client.get("/nodeinfo"), 401, "Unauthorized")
+        await assert_error(await client.get("/nodeinfo", headers={"Authorization": "Bearer wrong"}), 401, "Unauthorized")
+        ok = await client.get("/nodeinfo", headers={"Authorization": "Bearer s3cret"})
+        assert ok.status_code == 200
+
+
+async def test_unknown_route_and_method_get_json_errors(tmp_path):
+    app = make_app(tmp_path)
+    async with app.test_app() as test_app:
+        client = test_app.test_client()
+        await assert_error(await client.get("/nope"), 404, "NotFound")
+        await assert_error(await client.post("/kv/k"), 405, "MethodNotAllowed")
+
+
+async def test_metrics_and_openapi(tmp_path):
+    app = make_app(tmp_path)
+    async with app.test_app() as test_app:
+        client = test_app.test_client()
+        await unlocked(client)
+        for i in range(5):
+            await client.put(f"/kv/k{i}", data=b"v")
+        text = (await (await client.get("/metrics")).get_data()).decode()
+        assert "vssnode_running 1" in text and "vssnode_local_commits_total" in text
+        spec = await (await client.get("/openapi.json")).get_json()
+        assert spec["openapi"].startswith("3.") and "/kv/{key}" in spec["paths"]
+
+
+async def test_network_mismatch_is_refused(tmp_path):
+    from node.config import ConfigError
+    from actors.supervisor import Node
+
+    async with Node.open(NodeConfig(data_dir=tmp_path / "n", network="regtest")) as node:
+        await node.init("pw", MNEMONIC_A)
+    with pytest.raises(ConfigError, match="regtest"):
+        Node(NodeConfig(data_dir=tmp_path / "n", network="mainnet"))
