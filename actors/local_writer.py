@@ -18,6 +18,7 @@ import anyio
 from anyio.abc import ObjectReceiveStream, ObjectSendStream
 
 from actors.messages import ClearMarkers, Flush, KeysChanged, Rescan, WriteRequest
+from node.errors import NodeLocked
 from node.store import LocalStore
 
 log = logging.getLogger(__name__)
@@ -47,14 +48,27 @@ class LocalWriter:
     async def run(self) -> None:
         seq = await anyio.to_thread.run_sync(self._store.next_seq)
         async with self._inbox:
-            while True:
-                group = [await self._inbox.receive()]
-                while len(group) < MAX_GROUP:
-                    try:
-                        group.append(self._inbox.receive_nowait())
-                    except (anyio.WouldBlock, anyio.EndOfStream):
-                        break
-                seq = await self._handle(group, seq)
+            try:
+                while True:
+                    group = [await self._inbox.receive()]
+                    while len(group) < MAX_GROUP:
+                        try:
+                            group.append(self._inbox.receive_nowait())
+                        except (anyio.WouldBlock, anyio.EndOfStream):
+                            break
+                    seq = await self._handle(group, seq)
+            finally:
+                self._refuse_queued()
+
+    def _refuse_queued(self) -> None:
+        """Stopping (lock): whoever still waits on a write hears that it was not made."""
+        while True:
+            try:
+                message = self._inbox.receive_nowait()
+            except (anyio.WouldBlock, anyio.EndOfStream, anyio.ClosedResourceError):
+                return
+            if isinstance(message, (WriteRequest, Flush)):
+                message.reply.fail(NodeLocked("the node was locked before this write was committed"))
 
     async def _handle(self, group: list, seq: int) -> int:
         writes = [m for m in group if isinstance(m, WriteRequest)]

@@ -18,7 +18,7 @@ from __future__ import annotations
 import enum
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
@@ -231,9 +231,22 @@ class Node:
     async def _run_session(self, keys: NodeKeys, *, task_status: TaskStatus) -> None:
         session_stopped = anyio.Event()
         client = self._new_client(keys) if self.config.vss_enabled else None
+        running = False
+
+        def started(session: _Session) -> None:
+            nonlocal running
+            running = True
+            task_status.started(session)
+
         try:
             guard = await self._prepare_vss(client, keys) if client is not None else None
-            await self._run_actors(keys, client, guard, session_stopped, task_status)
+            await self._run_actors(keys, client, guard, session_stopped, started)
+        except Exception:
+            if not running:
+                raise  # unlock fails and says why
+            # An actor crashed: stop the session rather than the whole process.
+            log.exception("the node's actors failed; the node is now locked, unlock to retry")
+            self._state, self._session = NodeState.LOCKED, None
         finally:
             session_stopped.set()
             if client is not None:
@@ -288,7 +301,7 @@ class Node:
         client: VssClient | None,
         guard: OwnershipGuard | None,
         session_stopped: anyio.Event,
-        task_status: TaskStatus,
+        started: Callable[[_Session], None],
     ) -> None:
         writer_send, writer_recv = anyio.create_memory_object_stream[object](WRITER_INBOX)
         replicating = client is not None and guard is not None
@@ -309,7 +322,7 @@ class Node:
                 tg.start_soon(self._run_replicator, session.replicator)
                 tg.start_soon(session.retry_queue.run)
             tg.start_soon(session.writer.run)
-            task_status.started(session)
+            started(session)
             await session.stop.wait()
             with anyio.move_on_after(LOCK_FLUSH_S, shield=True):
                 flush = Flush()
@@ -347,7 +360,10 @@ class Node:
     async def _write(self, write: Write) -> None:
         session = self._writable_session()
         request = WriteRequest(write)
-        await session.writer_inbox.send(request)
+        try:
+            await session.writer_inbox.send(request)
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+            raise errors.NodeLocked("the node was locked before this write was committed") from None
         await request.reply.wait()
 
     async def get(self, primary: str, secondary: str, key: str) -> bytes:
