@@ -1,0 +1,69 @@
+"""Configuration: --vss-url validation, environment twins of the flags, CLI exit codes."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from node.config import ConfigError, NodeConfig, from_env, validate_vss_url
+
+
+@pytest.mark.parametrize(
+    "url, allow_http",
+    [
+        ("https://vss.example.com/vss", False),
+        ("http://127.0.0.1:8081/vss", False),
+        ("http://127.5.6.7/vss", False),
+        ("http://localhost:8081/vss", False),
+        ("http://[::1]:8081/vss", False),
+        ("http://vss.example.com/vss", True),
+    ],
+)
+def test_accepted_vss_urls(url, allow_http):
+    validate_vss_url(url, allow_http=allow_http)
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["http://vss.example.com/vss", "http://10.0.0.5/vss", "ftp://vss.example.com/vss", "vss.example.com", "https:///vss"],
+)
+def test_refused_vss_urls(url):
+    with pytest.raises(ConfigError):
+        validate_vss_url(url, allow_http=False)
+
+
+def test_environment_twins_of_the_flags(tmp_path):
+    config = from_env(
+        {
+            "VSSNODE_DATA_DIR": str(tmp_path),
+            "VSSNODE_NETWORK": "signet",
+            "VSSNODE_VSS_URL": "http://vss.internal/vss",
+            "VSSNODE_VSS_ALLOW_HTTP": "1",
+            "VSSNODE_VSS_ALLOW_EMPTY_RESTORE": "true",
+            "VSSNODE_API_TOKEN": "s3cr3t-value",
+        }
+    )
+    assert config == NodeConfig(
+        data_dir=tmp_path, network="signet", vss_url="http://vss.internal/vss", vss_allow_http=True,
+        vss_allow_empty_restore=True, api_token="s3cr3t-value",
+    )
+    assert "s3cr3t-value" not in repr(config)
+    with pytest.raises(ConfigError):
+        from_env({})
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["--vss-url", "http://vss.example.com/vss"], ["--vss-url", "not a url"], ["--listen", "nohostport"]],
+)
+def test_cli_exits_2_with_a_one_line_reason(tmp_path, args):
+    result = subprocess.run(
+        [sys.executable, "-m", "node.cli", "run", str(tmp_path / "d"), *args],
+        capture_output=True, text=True, timeout=60, cwd=Path(__file__).resolve().parents[1],
+    )
+    assert result.returncode == 2
+    assert len(result.stderr.strip().splitlines()) == 1 and result.stderr.startswith("vssnode: ")
+    assert not (tmp_path / "d").exists()  # nothing created
