@@ -73,6 +73,8 @@ class LocalWriter:
     async def _handle(self, group: list, seq: int) -> int:
         writes = [m for m in group if isinstance(m, WriteRequest)]
         sent = [pair for m in group if isinstance(m, ClearMarkers) for pair in m.sent]
+        if sent:  # first: cheap, and a marker re-set by a write below has a new seq anyway
+            await anyio.to_thread.run_sync(self._store.clear_markers, sent)
         if writes:
             try:
                 await anyio.to_thread.run_sync(
@@ -90,8 +92,6 @@ class LocalWriter:
                 for request in writes:
                     request.reply.set()
                 self._notify([w.write.triple for w in writes])
-        if sent:
-            await anyio.to_thread.run_sync(self._store.clear_markers, sent)
         for message in group:
             if isinstance(message, Flush):
                 message.reply.set()

@@ -207,12 +207,21 @@ class LocalStore:
                 )
 
     def clear_markers(self, sent: Iterable[tuple[Triple, int]]) -> None:
-        """Forget markers whose change reached the server, unless changed again since."""
-        with self._transaction() as conn:
-            conn.executemany(
-                "DELETE FROM unsynced WHERE primary_ns = ? AND secondary_ns = ? AND key = ? AND seq = ?",
-                [(*triple, seq) for triple, seq in sent],
-            )
+        """Forget markers whose change reached the server, unless changed again since.
+
+        Committed without an fsync of its own (the next durable commit carries it):
+        losing a clear in a crash only means re-sending a value the server already has,
+        and an fsync per replicated batch would slow down the local writes behind it.
+        """
+        self._writer.execute("PRAGMA synchronous = NORMAL")
+        try:
+            with self._transaction() as conn:
+                conn.executemany(
+                    "DELETE FROM unsynced WHERE primary_ns = ? AND secondary_ns = ? AND key = ? AND seq = ?",
+                    [(*triple, seq) for triple, seq in sent],
+                )
+        finally:
+            self._writer.execute("PRAGMA synchronous = FULL")
 
     def mark_all_unsynced(self, first_seq: int) -> int:
         """Owe every local key to the server (VSS enabled on a node that has state)."""
