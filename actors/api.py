@@ -17,6 +17,7 @@ from importlib import resources
 import anyio
 from quart import Quart, Response, request
 from werkzeug.exceptions import HTTPException
+from werkzeug.routing import PathConverter
 
 from actors.supervisor import Node
 from node import errors
@@ -32,9 +33,18 @@ def error_response(status: int, name: str, message: str) -> Response:
     return Response(body, status=status, content_type="application/json")
 
 
+class _WalletPath(PathConverter):
+    """Any text after /wallet/files/, even empty or starting with '/': every spelling of a
+    path reaches the node's own check and gets its 400, rather than a 404 or a redirect."""
+
+    regex = ".*"
+    part_isolating = False  # werkzeug infers True from a regex without "/"
+
+
 def create_app(config: NodeConfig, **node_kwargs: object) -> Quart:
     """The ASGI app of one node; the Node runs for as long as the app is served."""
     app = Quart(__name__)
+    app.url_map.converters["wallet_path"] = _WalletPath
     # Bodies larger than a value can be are refused before they are read (413).
     app.config["MAX_CONTENT_LENGTH"] = config.max_value_bytes
     app.config["BODY_TIMEOUT"] = 600
@@ -157,7 +167,35 @@ def create_app(config: NodeConfig, **node_kwargs: object) -> Quart:
     async def list_values() -> Response:
         return {"keys": await node().list_keys(*namespace())}
 
+    # -- the wallet directory -------------------------------------------------------------
+    # PUT and DELETE change the wallet (running only) and are backed up; GETs also work
+    # while fenced. DELETE of an absent file is 204, like /kv: the outcome is the same.
+
+    @app.put("/wallet/files/<wallet_path:path>", merge_slashes=False)
+    async def put_wallet_file(path: str) -> Response:
+        data = await request.get_data(cache=False)
+        await node().wallet_write(path, data)
+        return Response(status=204)
+
+    @app.get("/wallet/files/<wallet_path:path>", merge_slashes=False)
+    async def get_wallet_file(path: str) -> Response:
+        data = await node().wallet_read(path)
+        return Response(data, content_type="application/octet-stream")
+
+    @app.delete("/wallet/files/<wallet_path:path>", merge_slashes=False)
+    async def delete_wallet_file(path: str) -> Response:
+        await node().wallet_delete(path)
+        return Response(status=204)
+
+    @app.get("/wallet/files")
+    async def list_wallet_files() -> Response:
+        return {"files": await node().wallet_list()}
+
     # -- VSS -------------------------------------------------------------------------
+
+    @app.post("/vssbackup")
+    async def vssbackup() -> Response:
+        return {"version": await node().backup_now()}
 
     @app.get("/vssbackupinfo")
     async def vssbackupinfo() -> Response:

@@ -32,11 +32,15 @@ from actors.ownership_guard import OwnershipGuard, clear_fence, load_or_create_i
 from actors.replicator import Replicator
 from actors.restorer import RestoreProgress, restore_kv
 from actors.retry_queue import RetryQueue
-from node import errors, kv_keys
+from actors.wallet_backup import BackupNow, WalletChange, WalletKeeper
+from actors.wallet_restorer import WalletStage, install_wallet, manifest_version, stage_wallet
+from actors.wallet_upload import WalletUploader
+from node import errors, kv_keys, wallet_files
 from node.config import ConfigError, NodeConfig
 from node.keys import InvalidMnemonic, NodeKeys, derive_keys, generate_mnemonic, validate_mnemonic
 from node.mnemonic_vault import WrongPassword, open_mnemonic, seal_mnemonic
 from node.store import LocalStore, Triple, Write
+from node.wallet_files import WalletHome
 from vss.client import SignatureAuth, VssClient
 from vss.errors import VssError
 
@@ -50,11 +54,14 @@ FINGERPRINT = "fingerprint"
 # The VSS URL the local KV state is known to be fully owed to (markers) or restored
 # from. Absent or different at unlock: restore if empty, else owe every key to it.
 KV_SYNCED_URL = "kv_synced_url"
+# Likewise for the wallet directory: a wallet found under another URL is owed whole.
+WALLET_SYNCED_URL = "wallet_synced_url"
 
 WRITER_INBOX = 4096
 REPLICATOR_INBOX = 1024
 RETRY_INBOX = 1024
 LOCK_FLUSH_S = 5.0
+BACKUP_INFO_TIMEOUT_S = 5.0
 
 
 class NodeState(str, enum.Enum):
@@ -78,6 +85,7 @@ class _Session:
     guard: OwnershipGuard | None = None
     client: VssClient | None = None
     stop: anyio.Event = field(default_factory=anyio.Event)
+    wallet: WalletKeeper | None = None
 
 
 class Node:
@@ -239,7 +247,9 @@ class Node:
             task_status.started(session)
 
         try:
+            wallet = await self._stage_wallet(client, keys)  # before the KV state goes live
             guard = await self._prepare_vss(client, keys) if client is not None else None
+            await self._install_wallet(client, keys, wallet)
             await self._run_actors(keys, client, guard, session_stopped, started)
         except Exception:
             if not running:
@@ -312,7 +322,9 @@ class Node:
         else:
             writer = LocalWriter(self.store, writer_recv)
         session = _Session(keys=keys, writer_inbox=writer_send, writer=writer, stopped=session_stopped)
+        session.wallet = await self._new_wallet_keeper(keys, client, guard)
         async with anyio.create_task_group() as tg:
+            tg.start_soon(self._run_wallet_keeper, session.wallet)
             if replicating:
                 session.retry_queue = RetryQueue(self.store, retry_recv, repl_send.clone())
                 session.replicator = Replicator(
@@ -335,6 +347,105 @@ class Node:
         if replicator.status.fenced and self._state is NodeState.RUNNING:
             self._state = NodeState.FENCED
             log.error("this node lost ownership of its VSS store: state is now fenced")
+
+    # -- the wallet directory ------------------------------------------------------------
+
+    def _wallet_home(self, keys: NodeKeys) -> WalletHome:
+        return WalletHome(self.config.data_dir, keys.fingerprint)
+
+    async def _stage_wallet(self, client: VssClient | None, keys: NodeKeys) -> WalletStage:
+        """Restore an absent wallet directory (fence held) to a staged place; see stage_wallet."""
+        instance_id = None
+        if client is not None:
+            instance_id = await anyio.to_thread.run_sync(load_or_create_instance_id, self.store)
+        return await stage_wallet(
+            client, keys, self._wallet_home(keys), instance_id, allow_empty_restore=self.config.vss_allow_empty_restore
+        )
+
+    async def _install_wallet(self, client: VssClient | None, keys: NodeKeys, stage: WalletStage) -> None:
+        """Put the staged wallet in place (after the KV restore); owe a kept one to a new URL."""
+        url = (self.config.vss_url or "").encode()
+        known = self.store.get_setting(WALLET_SYNCED_URL) == url
+        await install_wallet(stage, self._wallet_home(keys), owed_to_server=client is not None and not known)
+        if client is not None and not known:
+            self.store.set_settings({WALLET_SYNCED_URL: url})
+
+    async def _new_wallet_keeper(self, keys: NodeKeys, client: VssClient | None, guard: OwnershipGuard | None) -> WalletKeeper:
+        uploader = None
+        if client is not None and guard is not None:
+            instance_id = await anyio.to_thread.run_sync(load_or_create_instance_id, self.store)
+            uploader = WalletUploader(client, keys, guard, instance_id)
+        return WalletKeeper(self._wallet_home(keys), keys.signing_key, uploader)
+
+    async def _run_wallet_keeper(self, keeper: WalletKeeper) -> None:
+        await keeper.run()
+        if keeper.status.fenced and self._state is NodeState.RUNNING:
+            self._state = NodeState.FENCED
+            log.error("this node lost ownership of its VSS store (seen by the wallet backup): state is now fenced")
+
+    async def _to_wallet_keeper(self, message: WalletChange | BackupNow) -> object:
+        session = self._writable_session()
+        assert session.wallet is not None
+        try:
+            await session.wallet.inbox.send(message)
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+            self._require(NodeState.RUNNING)
+            raise errors.NodeLocked("the node was locked before this wallet operation ran") from None
+        return await message.reply.wait()
+
+    async def wallet_write(self, path: str, data: bytes) -> None:
+        """Write a wallet file atomically; returns once durable (a backup follows)."""
+        wallet_files.split_path(path)
+        if len(data) > self.config.max_value_bytes:
+            raise errors.ValueTooLarge(f"file of {len(data)} bytes is over the {self.config.max_value_bytes}-byte limit")
+        await self._to_wallet_keeper(WalletChange(path, bytes(data)))
+
+    async def wallet_delete(self, path: str) -> None:
+        """Delete a wallet file; deleting an absent file succeeds and changes nothing."""
+        wallet_files.split_path(path)
+        await self._to_wallet_keeper(WalletChange(path, None))
+
+    async def wallet_read(self, path: str) -> bytes:
+        wallet_files.split_path(path)
+        self._readable()
+        assert self._session is not None
+        return await anyio.to_thread.run_sync(wallet_files.read_file, self._wallet_home(self._session.keys).root, path)
+
+    async def wallet_list(self) -> list[dict]:
+        self._readable()
+        assert self._session is not None
+        found = await anyio.to_thread.run_sync(wallet_files.list_files, self._wallet_home(self._session.keys).root)
+        return [{"path": path, "size": size} for path, size in found]
+
+    async def backup_now(self) -> int:
+        """Upload the wallet now; the manifest version of a backup holding every earlier change."""
+        self._require_vss()
+        version = await self._to_wallet_keeper(BackupNow())
+        assert isinstance(version, int)
+        return version
+
+    async def _wallet_backup_info(self, session: _Session | None) -> dict:
+        fingerprint = self.store.get_setting(FINGERPRINT)
+        required = None
+        if fingerprint is not None:
+            home = WalletHome(self.config.data_dir, fingerprint.decode())
+            required = await anyio.to_thread.run_sync(home.backup_required)
+        info: dict = {
+            "backup_exists": None,
+            "server_version": None,
+            "backup_required": required,
+            "last_backup_error": session.wallet.status.last_error if session and session.wallet else None,
+        }
+        if session is None or session.client is None:
+            return info  # locked: the keys that sign for the server are not in memory
+        try:
+            with anyio.fail_after(BACKUP_INFO_TIMEOUT_S):
+                version = await manifest_version(session.client, session.keys)
+        except (VssError, TimeoutError) as exc:
+            info["server_error"] = f"reading the wallet backup from VSS failed: {exc or 'timed out'}"
+            return info
+        info["backup_exists"], info["server_version"] = version is not None, version
+        return info
 
     # -- the key-value state -------------------------------------------------------------
 
@@ -411,6 +522,7 @@ class Node:
             "server_error": status.last_error if status else None,
             "fenced": self._state is NodeState.FENCED,
         }
+        info.update(await self._wallet_backup_info(session))
         return info
 
     def metrics(self) -> dict[str, float]:
@@ -437,6 +549,10 @@ class Node:
             figures["retry_queue_dropped_total"] = session.retry_queue.dropped
             if status.last_sync_at is not None:
                 figures["last_sync_timestamp_seconds"] = status.last_sync_at
+        if session is not None and session.wallet is not None:
+            wallet = session.wallet.status
+            figures["wallet_backups_total"] = wallet.uploads
+            figures["wallet_backup_failures_total"] = wallet.failures
         return figures
 
 
