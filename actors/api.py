@@ -19,6 +19,7 @@ from quart import Quart, Response, request
 from werkzeug.exceptions import HTTPException
 from werkzeug.routing import PathConverter
 
+from actors.metrics import render as render_metrics
 from actors.supervisor import Node
 from node import errors
 from node.config import NodeConfig
@@ -43,7 +44,7 @@ class _WalletPath(PathConverter):
 
 def create_app(config: NodeConfig, **node_kwargs: object) -> Quart:
     """The ASGI app of one node; the Node runs for as long as the app is served."""
-    app = Quart(__name__)
+    app = Quart(__name__, static_folder=None)
     app.url_map.converters["wallet_path"] = _WalletPath
     # Bodies larger than a value can be are refused before they are read (413).
     app.config["MAX_CONTENT_LENGTH"] = config.max_value_bytes
@@ -210,8 +211,7 @@ def create_app(config: NodeConfig, **node_kwargs: object) -> Quart:
     @app.get("/metrics")
     async def metrics() -> Response:
         figures = await anyio.to_thread.run_sync(node().metrics)
-        lines = [f"vssnode_{name} {value:g}" for name, value in sorted(figures.items())]
-        return Response("\n".join(lines) + "\n", content_type="text/plain; version=0.0.4")
+        return Response(render_metrics(figures), content_type="text/plain; version=0.0.4")
 
     @app.get("/openapi.json")
     async def openapi() -> Response:

@@ -177,7 +177,7 @@ async def test_metrics_and_openapi(tmp_path):
         for i in range(5):
             await client.put(f"/kv/k{i}", data=b"v")
         text = (await (await client.get("/metrics")).get_data()).decode()
-        assert "vssnode_running 1" in text and "vssnode_local_commits_total" in text
+        assert "\nvssnode_running 1\n" in text and "# TYPE vssnode_local_commits_total counter" in text
         spec = await (await client.get("/openapi.json")).get_json()
         assert spec["openapi"].startswith("3.") and "/kv/{key}" in spec["paths"]
 
