@@ -28,7 +28,7 @@ from vss.errors import NoSuchKeyError, VssError
 
 log = logging.getLogger(__name__)
 
-DEFAULT_CONCURRENCY = 64
+DEFAULT_CONCURRENCY = 128  # at 50 ms per call, ~100 in flight keep pace with the listing
 _STAGE_BATCH = 1000
 _THREAD_DECRYPT_BYTES = 256 * 1024
 
@@ -50,7 +50,7 @@ async def restore_kv(
     progress: RestoreProgress,
     live_settings: dict[str, bytes],
     *,
-    concurrency: int = DEFAULT_CONCURRENCY,
+    concurrency: int | None = None,
 ) -> int:
     """Restore every KV key of the store; returns how many keys were made live.
 
@@ -59,7 +59,7 @@ async def restore_kv(
     """
     await anyio.to_thread.run_sync(store.clear_staging)
     try:
-        await _pipeline(client, keys, store, progress, concurrency)
+        await _pipeline(client, keys, store, progress, concurrency or DEFAULT_CONCURRENCY)
     except BaseExceptionGroup as group:  # one failure cancels the rest: report the first
         raise _first_cause(group) from None
     count = await anyio.to_thread.run_sync(store.make_restore_live, live_settings)
