@@ -51,6 +51,8 @@ class RetryQueue:
         self._sweep_interval = sweep_interval_s
         self._queue: dict[Triple, None] = {}
         self._delay = base_delay_s
+        self._next_try = 0.0  # anyio clock: no retry batch before this
+        self._next_sweep = math.inf  # set once running
         self._rescan_owed = True  # at unlock: whatever the last session left owed
         self._healthy = True
         self.dropped = 0  # for metrics
@@ -60,20 +62,22 @@ class RetryQueue:
 
     async def run(self) -> None:
         async with self._inbox:
-            await self._rescan()
+            await self._sweep()
             while True:
                 message = None
-                with anyio.move_on_after(self._timeout()):
+                # Deadlines, not a timeout per wait: a steady stream of messages (keys
+                # deferred while the server is down) must not keep postponing the retry.
+                with anyio.move_on_after(max(0.0, self._deadline() - anyio.current_time())):
                     message = await self._inbox.receive()
                 if message is None:
                     await self._on_timer()
                 else:
                     await self._on_message(message)
 
-    def _timeout(self) -> float:
+    def _deadline(self) -> float:
         if self._queue or self._rescan_owed:
-            return self._delay
-        return self._sweep_interval if self._sweep_interval > 0 else math.inf
+            return self._next_try
+        return self._next_sweep
 
     async def _on_message(self, message: object) -> None:
         if isinstance(message, Deferred):
@@ -81,22 +85,27 @@ class RetryQueue:
             if message.failed:
                 self._healthy = False
                 self._delay = min(self._delay * 2, self._max_delay)
+                self._next_try = anyio.current_time() + self._delay
         elif isinstance(message, Succeeded):
             self._healthy = True
             self._delay = self._base_delay
             if not self._queue and self._rescan_owed:
-                await self._rescan()
+                await self._sweep()
             self._hand_batch()
         elif isinstance(message, Rescan):
             self._rescan_owed = True
             if self._healthy and not self._queue:
-                await self._rescan()
+                await self._sweep()
                 self._hand_batch()
 
     async def _on_timer(self) -> None:
         if not self._queue:
-            await self._rescan()  # owed after a drop, or the periodic sweep
+            await self._sweep()  # owed after a drop, or the periodic sweep
         self._hand_batch()
+        if not self._queue and not self._rescan_owed:
+            return
+        # Nothing could be handed (busy replicator) or more is waiting: try again later.
+        self._next_try = max(self._next_try, anyio.current_time() + self._delay)
 
     def _add(self, triples: list[Triple]) -> None:
         for triple in triples:
@@ -107,10 +116,13 @@ class RetryQueue:
             self.dropped += 1
             self._rescan_owed = True
 
-    async def _rescan(self) -> None:
+    async def _sweep(self) -> None:
+        """Re-read the durable markers: whatever is owed and not queued gets queued."""
         owed = await anyio.to_thread.run_sync(self._store.owed_keys, self._capacity)
         self._rescan_owed = len(owed) >= self._capacity  # more than fit: read again later
         self._add([triple for triple, _ in owed])
+        if self._sweep_interval > 0:
+            self._next_sweep = anyio.current_time() + self._sweep_interval
 
     def _hand_batch(self) -> None:
         if not self._queue:
@@ -122,3 +134,5 @@ class RetryQueue:
             return  # the replicator is busy; the timer tries again
         for triple in batch:
             del self._queue[triple]
+        # One retry batch at a time: the next waits for its answer or for the delay.
+        self._next_try = anyio.current_time() + self._delay

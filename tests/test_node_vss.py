@@ -261,3 +261,43 @@ async def test_vss_enabled_later_uploads_existing_state(tmp_path, vss_server):
         await wait_for(lambda: _zero(node))
         async with client_for(vss_server.url, keys) as client:
             assert await remote_kv(client, keys) == {("ns", "", "before"): b"1"}
+
+
+async def test_recovery_is_not_postponed_by_steady_writes(tmp_path, vss_server):
+    """Fault: the server is down while writes keep coming, and comes back while they
+    still do. Expected: the backlog reaches the server during the writes (the retry
+    timer is a deadline that new deferred keys do not push back)."""
+    import anyio
+
+    mnemonic = generate_mnemonic()
+    keys = derive_keys(mnemonic)
+    transport = SwitchableTransport()
+    async with Node.open(config(tmp_path / "a", vss_server.url), vss_transport=transport) as node:
+        await node.init(PASSWORD, mnemonic)
+        await node.unlock(PASSWORD)
+        transport.down = True
+        for i in range(50):
+            await node.put("backlog", "", f"k{i}", b"v")
+        await wait_for(lambda: node.metrics()["replication_failures_total"] >= 1)
+        stop = anyio.Event()
+
+        async def steady_writes() -> None:
+            i = 0
+            while not stop.is_set():
+                await node.put("steady", "", f"k{i}", b"v")
+                i += 1
+                await anyio.sleep(0.005)  # a write every few ms: the pace of the workload, not a wait
+
+        async with client_for(vss_server.url, keys) as client:
+
+            async def backlog_landed() -> bool:
+                listing = await client.list_key_versions(keys.kv_store_id, key_prefix="backlog/")
+                return len(listing.key_versions) == 50
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(steady_writes)
+                transport.down = False
+                await wait_for(backlog_landed, timeout=30, what="backlog while writes go on")
+                stop.set()
+            await wait_for(lambda: _zero(node), timeout=30)
+            assert await remote_kv(client, keys) == node.store.all_items()
