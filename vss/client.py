@@ -25,6 +25,7 @@ from __future__ import annotations
 import itertools
 import logging
 import random
+import ssl
 import time
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -207,9 +208,11 @@ class VssClient:
         # one pool of its own making, shared by a single client.
         pools = 1 if transport is not None else max(1, -(-max_connections // _CONNECTIONS_PER_POOL))
         per_pool = -(-max_connections // pools)
+        tls = ssl.create_default_context()  # built once: loading CA certificates is slow
         self._pools = [
             httpx.AsyncClient(
                 transport=transport,
+                verify=tls,
                 timeout=httpx.Timeout(timeout_s),
                 limits=httpx.Limits(max_connections=per_pool, max_keepalive_connections=per_pool),
                 headers={"User-Agent": USER_AGENT},
