@@ -112,7 +112,12 @@ def create_app(config: NodeConfig, **node_kwargs: object) -> Quart:
         return error_response(500, "InternalError", "internal error; see the node's log")
 
     async def json_body() -> dict:
-        body = await request.get_json(force=True, silent=True)
+        # Parsed by hand: Quart's get_json(silent=True) still raises on bytes that are
+        # not UTF-8, which would surface as a 500.
+        try:
+            body = json.loads(await request.get_data(cache=False))
+        except ValueError:  # includes UnicodeDecodeError
+            body = None
         if not isinstance(body, dict):
             raise errors.InvalidRequest("the body must be a JSON object")
         return body

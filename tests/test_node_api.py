@@ -190,3 +190,10 @@ async def test_network_mismatch_is_refused(tmp_path):
         await node.init("pw", MNEMONIC_A)
     with pytest.raises(ConfigError, match="regtest"):
         Node(NodeConfig(data_dir=tmp_path / "n", network="mainnet"))
+
+
+async def test_json_body_that_is_not_utf8_is_400(tmp_path):
+    app = make_app(tmp_path)
+    async with app.test_app() as test_app:
+        client = test_app.test_client()
+        await assert_error(await client.post("/init", data=b"\xff\xfe{}"), 400, "InvalidRequest")

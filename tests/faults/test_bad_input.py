@@ -115,12 +115,6 @@ async def test_bad_requests_to_the_node(tmp_path, vss_server, report):
             report.set(bad_requests=len(rows), node_still_serving=1)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="node bug: a JSON body that is not UTF-8 makes /init, /unlock and /vssclearfence answer "
-    "500 InternalError (actors/api.py json_body: request.get_json(force=True, silent=True) raises "
-    "UnicodeDecodeError, which silent=True does not cover)",
-)
 async def test_non_utf8_json_bodies_are_400(tmp_path, vss_server, report):
     """Fault: the lifecycle calls that take JSON get a body that is not UTF-8.
 
