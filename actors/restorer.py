@@ -14,7 +14,9 @@ whole restore: it is never written anywhere.
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import anyio
 from anyio.abc import ObjectReceiveStream, ObjectSendStream
@@ -27,7 +29,11 @@ from vss.client import VssClient
 from vss.errors import NoSuchKeyError, VssError
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
+RETRY_ATTEMPTS = 6  # per call, each one a client call with its own quick retries
+RETRY_BASE_S = 0.5
+RETRY_MAX_S = 8.0
 DEFAULT_CONCURRENCY = 128  # at 50 ms per call, ~100 in flight keep pace with the listing
 _STAGE_BATCH = 1000
 _THREAD_DECRYPT_BYTES = 256 * 1024
@@ -81,8 +87,10 @@ async def _pipeline(client: VssClient, keys: NodeKeys, store: LocalStore, progre
 
 async def _list_keys(client: VssClient, store_id: str, out: ObjectSendStream, progress: RestoreProgress) -> None:
     async with out:
-        try:
-            async for item in client.iter_key_versions(store_id):
+        token: str | None = None
+        while True:
+            page = await _patiently(f"listing the VSS store {store_id}", client.list_key_versions, store_id, page_token=token)
+            for item in page.key_versions:
                 if item.key == FENCE_KEY:
                     continue
                 try:
@@ -92,19 +100,19 @@ async def _list_keys(client: VssClient, store_id: str, out: ObjectSendStream, pr
                     log.warning("restore skips %r: not a key of the KV format", item.key)
                     continue
                 await out.send((item.key, triple))
-        except VssError as exc:
-            raise errors.RestoreFailed(f"listing the VSS store failed: {exc}") from exc
+            token = page.next_page_token if page.HasField("next_page_token") else None
+            if not token:
+                return
 
 
 async def _fetch(client: VssClient, keys: NodeKeys, keys_in: ObjectReceiveStream, rows_out: ObjectSendStream) -> None:
     async with keys_in, rows_out:
         async for vss_key, triple in keys_in:
             try:
-                stored = (await client.get_object(keys.kv_store_id, vss_key)).value
+                item = await _patiently(f"fetching {vss_key!r}", client.get_object, keys.kv_store_id, vss_key)
             except NoSuchKeyError:
                 continue  # deleted since it was listed
-            except VssError as exc:
-                raise errors.RestoreFailed(f"fetching {vss_key!r} from VSS failed: {exc}") from exc
+            stored = item.value
             try:
                 if len(stored) >= _THREAD_DECRYPT_BYTES:
                     value = await anyio.to_thread.run_sync(crypto.decrypt_value, keys.signing_key, stored)
@@ -115,6 +123,28 @@ async def _fetch(client: VssClient, keys: NodeKeys, keys_in: ObjectReceiveStream
                     f"the value of {vss_key!r} does not decrypt: wrong mnemonic or corrupted backup; nothing was restored"
                 ) from exc
             await rows_out.send((triple, value))
+
+
+async def _patiently(what: str, call: Callable[..., Awaitable[T]], *args: object, **kwargs: object) -> T:
+    """One VSS call of the restore, retried with backoff while the failure is transient.
+
+    The client already retries a few times within a second or two; a restore of many
+    thousands of keys over a lossy link needs more patience than that per key, or the
+    chance that every key gets through falls exponentially with the number of keys.
+    """
+    delay = RETRY_BASE_S
+    for attempt in range(1, RETRY_ATTEMPTS + 1):
+        try:
+            return await call(*args, **kwargs)
+        except VssError as exc:
+            if not exc.retryable or attempt == RETRY_ATTEMPTS:
+                if isinstance(exc, NoSuchKeyError):
+                    raise
+                raise errors.RestoreFailed(f"{what} failed: {exc}") from exc
+            log.info("restore: %s failed (%s); retrying in %.1f s", what, exc, delay)
+            await anyio.sleep(delay)
+            delay = min(delay * 2, RETRY_MAX_S)
+    raise AssertionError("unreachable")
 
 
 async def _stage(store: LocalStore, rows_in: ObjectReceiveStream, progress: RestoreProgress) -> None:

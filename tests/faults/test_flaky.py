@@ -181,12 +181,6 @@ async def test_restore_through_a_flaky_server(tmp_path, vss_server, report):
     report.add_proxy(figures)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="node bug: the restore gives up on the first key whose getObject fails the client's 3 quick "
-    "attempts (actors/restorer.py _fetch raises RestoreFailed), and the next unlock starts over, so "
-    "the chance a restore completes falls exponentially with the number of keys on a lossy link",
-)
 async def test_restore_completes_through_a_lossy_link(tmp_path, vss_server, report):
     """Fault: a new node restores 500 keys through a link that loses 30% of the calls
     (500s and connection resets, each retried by the client at most 3 times).
