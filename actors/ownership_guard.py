@@ -1,14 +1,20 @@
-"""ownership-guard: one writer per store, enforced with the store's global_version.
+"""ownership-guard: one writer per store, enforced with two conditions on every batch.
 
 Owns: this node's instance id (durable in the data dir before the fence is first
-written) and the fencing token, the KV store's `global_version` as last seen.
+written), and the two fencing conditions as last seen: the KV store's
+`global_version` and the version of the fence key itself.
 Used by: the unlock sequence (acquire) and then only by the replicator, one call at a
 time, so its state never has two users at once.
-Guarantees: every KV write carries the token; any takeover (clearing or acquiring the
-fence) advances the server's global_version, so a fenced-out node's next write is a
-CONFLICT and never lands. On a CONFLICT it reads the fence: still ours (a batch that
-committed although its response was lost, or a delete of a key the server never had)
-→ refresh the token, drop deletes of absent keys, retry; anyone else's → FenceLost.
+Guarantees: no KV write of a node that lost ownership lands after the takeover.
+- Every batch rewrites the fence key at its current version, so once an operator
+  deletes the fence (an unconditional delete, which cannot be starved by a busy old
+  owner), the old owner's next batch is a CONFLICT and it stops writing.
+- Every batch also carries the store's `global_version`, and acquiring the fence moves
+  it, so a stale batch cannot land even if the new owner's fresh fence happens to have
+  the version the stale batch expects (a deleted key's version starts again at 1).
+On a CONFLICT it reads the fence: still ours (a batch that committed although its
+response was lost, or a delete of a key the server never had) → refresh both
+conditions, drop deletes of absent keys, retry; anyone else's or none → FenceLost.
 """
 
 from __future__ import annotations
@@ -58,39 +64,44 @@ class OwnershipGuard:
         self._client = client
         self._store_id = keys.kv_store_id
         self._instance_id = instance_id
-        self.token: int | None = None  # None until the fence is held
+        self.token: int | None = None  # global_version; None until the fence is held
+        self._fence_version = 0
         self.lost = False
 
     @property
     def held(self) -> bool:
         return self.token is not None and not self.lost
 
-    async def _read_fence(self) -> str | None:
+    async def _read_fence(self) -> tuple[str | None, int]:
+        """(owner's instance id or None, the fence key's version)."""
         try:
             item = await self._client.get_object(self._store_id, FENCE_KEY)
         except NoSuchKeyError:
-            return None
-        return item.value.decode("utf-8", errors="replace")
+            return None, 0
+        return item.value.decode("utf-8", errors="replace"), item.version
 
     async def acquire(self) -> None:
         """Hold the fence or raise OwnershipConflict; VSS errors propagate."""
         for _ in range(_ACQUIRE_ATTEMPTS):
-            owner = await self._read_fence()
+            owner, fence_version = await self._read_fence()
             if owner == self._instance_id:
                 self.token = await self._client.get_global_version(self._store_id)
+                self._fence_version = fence_version
                 return
             if owner is not None:
                 raise errors.OwnershipConflict(takeover_hint(self._store_id))
             version = await self._client.get_global_version(self._store_id)
-            fence = KeyValue(key=FENCE_KEY, version=0, value=self._instance_id.encode())
             try:
-                await self._client.put_objects(self._store_id, [fence], global_version=version)
+                await self._client.put_objects(self._store_id, [self._fence(0)], global_version=version)
             except ConflictError:
                 continue  # someone moved first, or our own write landed unseen: look again
-            self.token = version + 1
+            self.token, self._fence_version = version + 1, 1
             log.info("holding the ownership fence of %s", self._store_id)
             return
         raise errors.OwnershipConflict(takeover_hint(self._store_id))
+
+    def _fence(self, version: int) -> KeyValue:
+        return KeyValue(key=FENCE_KEY, version=version, value=self._instance_id.encode())
 
     async def put(self, items: Sequence[KeyValue], deletes: Sequence[KeyValue]) -> None:
         """Write one KV batch under the fence. Raises FenceLost, or a VssError."""
@@ -98,18 +109,21 @@ class OwnershipGuard:
             raise FenceLost()
         if self.token is None:
             await self.acquire_or_lose()
-        for attempt in range(3):
+        for _ in range(3):
             try:
                 await self._client.put_objects(
-                    self._store_id, items, deletes, global_version=self.token
+                    self._store_id, [*items, self._fence(self._fence_version)], deletes, global_version=self.token
                 )
             except ConflictError:
-                if await self._read_fence() != self._instance_id:
+                owner, fence_version = await self._read_fence()
+                if owner != self._instance_id:
                     self._lose()
                 self.token = await self._client.get_global_version(self._store_id)
+                self._fence_version = fence_version
                 deletes = await self._existing(deletes)
                 continue
             self.token += 1
+            self._fence_version += 1
             return
         raise ConflictError("VSS write kept conflicting although this node holds the fence")
 
@@ -140,21 +154,13 @@ class OwnershipGuard:
 async def clear_fence(client: VssClient, keys: NodeKeys) -> bool:
     """Delete the fence so this node can take over; returns whether one was there.
 
-    Goes through putObjects with global_version, so the old owner's next write
-    conflicts even if it never notices the fence is gone."""
+    An unconditional delete: it cannot be starved by an old owner that keeps writing
+    (a compare-and-set on the store's version would lose every race to it), and that
+    owner's next batch, which rewrites the fence at its old version, conflicts."""
     store_id = keys.kv_store_id
-    for _ in range(_ACQUIRE_ATTEMPTS):
-        try:
-            await client.get_object(store_id, FENCE_KEY)
-        except NoSuchKeyError:
-            return False
-        version = await client.get_global_version(store_id)
-        try:
-            await client.put_objects(
-                store_id, delete_items=[KeyValue(key=FENCE_KEY, version=-1)], global_version=version
-            )
-        except ConflictError:
-            continue
-        log.warning("cleared the ownership fence of %s: this node may now take over", store_id)
-        return True
-    raise errors.VssUnavailable("could not clear the fence: the store kept changing; try again")
+    try:
+        await client.put_objects(store_id, delete_items=[KeyValue(key=FENCE_KEY, version=-1)])
+    except ConflictError:
+        return False  # a delete that removes nothing: there was no fence
+    log.warning("cleared the ownership fence of %s: this node may now take over", store_id)
+    return True

@@ -198,13 +198,6 @@ async def _clear_fence_as_an_operator(node, attempts: int = 10) -> int:
     raise AssertionError(f"/vssclearfence failed {attempts} times in a row\n{node.log_tail()}")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="node bug: /vssclearfence cannot win against an old owner that keeps writing when the new "
-    "node is further from the server: clear_fence (actors/ownership_guard.py) reads global_version, "
-    "then deletes the fence conditioned on it, 5 times without backoff; every write of the old owner "
-    "moves global_version in between, so it gives up with 503 every time",
-)
 async def test_takeover_succeeds_while_the_old_owner_keeps_writing(tmp_path, vss_server, report):
     """Fault: node A, next to the server (direct), writes steadily; node B reaches the
     server through 40 ms of latency, as a new machine elsewhere would, and the
