@@ -326,7 +326,9 @@ class Node:
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._run_wallet_keeper, session.wallet)
             if replicating:
-                session.retry_queue = RetryQueue(self.store, retry_recv, repl_send.clone())
+                session.retry_queue = RetryQueue(
+                    self.store, retry_recv, repl_send.clone(), capacity=self.config.retry_queue_capacity
+                )
                 session.replicator = Replicator(
                     self.store, guard, keys.signing_key, repl_recv, writer_send.clone(), retry_send.clone()
                 )

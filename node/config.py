@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 NETWORKS = ("regtest", "testnet", "signet", "mainnet")
 DEFAULT_LISTEN = "127.0.0.1:3001"
 DEFAULT_MAX_VALUE_BYTES = 32 * 1024 * 1024
+DEFAULT_RETRY_QUEUE_CAPACITY = 10_000
 
 
 class ConfigError(ValueError):
@@ -34,8 +35,11 @@ class NodeConfig:
     api_token: str | None = None
     listen: str = DEFAULT_LISTEN
     max_value_bytes: int = DEFAULT_MAX_VALUE_BYTES
+    retry_queue_capacity: int = DEFAULT_RETRY_QUEUE_CAPACITY
 
     def __post_init__(self) -> None:
+        if self.retry_queue_capacity < 1:
+            raise ConfigError("--retry-queue-capacity must be at least 1")
         if self.network not in NETWORKS:
             raise ConfigError(f"unknown network {self.network!r}; use one of {', '.join(NETWORKS)}")
         if self.vss_url is not None:
@@ -94,6 +98,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="if the restore at unlock fails, start with empty state instead of failing the unlock",
     )
     parser.add_argument("--api-token", help="require 'Authorization: Bearer TOKEN' on every API call")
+    parser.add_argument(
+        "--retry-queue-capacity",
+        type=int,
+        default=DEFAULT_RETRY_QUEUE_CAPACITY,
+        help="keys held in memory for resending while VSS fails (beyond: re-read from disk); default %(default)s",
+    )
 
 
 def from_args(args: argparse.Namespace) -> NodeConfig:
@@ -105,6 +115,7 @@ def from_args(args: argparse.Namespace) -> NodeConfig:
         vss_allow_empty_restore=args.vss_allow_empty_restore,
         api_token=args.api_token,
         listen=args.listen,
+        retry_queue_capacity=args.retry_queue_capacity,
     )
 
 
@@ -114,7 +125,8 @@ def _env_flag(environ: dict[str, str], name: str) -> bool:
 
 def from_env(environ: dict[str, str] | None = None) -> NodeConfig:
     """Read VSSNODE_DATA_DIR, VSSNODE_NETWORK, VSSNODE_VSS_URL, VSSNODE_VSS_ALLOW_HTTP,
-    VSSNODE_VSS_ALLOW_EMPTY_RESTORE and VSSNODE_API_TOKEN (names follow the flags)."""
+    VSSNODE_VSS_ALLOW_EMPTY_RESTORE, VSSNODE_API_TOKEN and VSSNODE_RETRY_QUEUE_CAPACITY
+    (names follow the flags)."""
     env = dict(os.environ if environ is None else environ)
     if not env.get("VSSNODE_DATA_DIR"):
         raise ConfigError("VSSNODE_DATA_DIR is not set")
@@ -125,4 +137,15 @@ def from_env(environ: dict[str, str] | None = None) -> NodeConfig:
         vss_allow_http=_env_flag(env, "VSSNODE_VSS_ALLOW_HTTP"),
         vss_allow_empty_restore=_env_flag(env, "VSSNODE_VSS_ALLOW_EMPTY_RESTORE"),
         api_token=env.get("VSSNODE_API_TOKEN") or None,
+        retry_queue_capacity=_env_int(env, "VSSNODE_RETRY_QUEUE_CAPACITY", DEFAULT_RETRY_QUEUE_CAPACITY),
     )
+
+
+def _env_int(environ: dict[str, str], name: str, default: int) -> int:
+    text = environ.get(name, "").strip()
+    if not text:
+        return default
+    try:
+        return int(text)
+    except ValueError:
+        raise ConfigError(f"{name} must be a whole number, got {text!r}") from None

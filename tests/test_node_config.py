@@ -44,11 +44,13 @@ def test_environment_twins_of_the_flags(tmp_path):
             "VSSNODE_VSS_ALLOW_HTTP": "1",
             "VSSNODE_VSS_ALLOW_EMPTY_RESTORE": "true",
             "VSSNODE_API_TOKEN": "s3cr3t-value",
+            "VSSNODE_RETRY_QUEUE_CAPACITY": "200",
         }
     )
     assert config == NodeConfig(
         data_dir=tmp_path, network="signet", vss_url="http://vss.internal/vss", vss_allow_http=True,
         vss_allow_empty_restore=True, api_token="s3cr3t-value",
+        retry_queue_capacity=200,
     )
     assert "s3cr3t-value" not in repr(config)
     with pytest.raises(ConfigError):
@@ -57,7 +59,12 @@ def test_environment_twins_of_the_flags(tmp_path):
 
 @pytest.mark.parametrize(
     "args",
-    [["--vss-url", "http://vss.example.com/vss"], ["--vss-url", "not a url"], ["--listen", "nohostport"]],
+    [
+        ["--vss-url", "http://vss.example.com/vss"],
+        ["--vss-url", "not a url"],
+        ["--listen", "nohostport"],
+        ["--retry-queue-capacity", "0"],
+    ],
 )
 def test_cli_exits_2_with_a_one_line_reason(tmp_path, args):
     result = subprocess.run(
