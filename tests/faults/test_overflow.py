@@ -1,22 +1,19 @@
 """Scenario 3: the retry-queue overflows while the server is down.
 
-The retry-queue holds at most `capacity` keys in memory (10_000 by default); beyond
-that it drops the oldest and relies on the durable unsynced markers. The node has no
-knob for the capacity yet, so the default run drives an in-process node (the same
-`Node` the process runs, on trio here) with a small capacity patched in; the soak run
-also does it with a real node process and the default capacity.
+The retry-queue holds at most `capacity` keys in memory (10_000 by default,
+`--retry-queue-capacity`); beyond that it drops the oldest and relies on the durable
+unsynced markers. The default run drives an in-process node (the same `Node` the
+process runs, on trio here) configured with a small capacity; the soak run also does
+it with a real node process and the default capacity.
 """
 
 from __future__ import annotations
 
-import functools
 import random
 
 import pytest
 import trio
 
-import actors.supervisor
-from actors.retry_queue import RetryQueue
 from actors.supervisor import Node
 from node.config import NodeConfig
 from node.keys import derive_keys, generate_mnemonic
@@ -48,9 +45,9 @@ async def _write_distinct(put, count: int, rng: random.Random) -> None:
             nursery.start_soon(writer, first)
 
 
-async def test_retry_queue_overflow_loses_nothing(tmp_path, vss_server, report, monkeypatch):
+async def test_retry_queue_overflow_loses_nothing(tmp_path, vss_server, report):
     """Fault: the server is down (nothing listens) while the node is given five times
-    more distinct keys than its retry-queue holds (capacity patched down to 200; an
+    more distinct keys than its retry-queue holds (capacity configured down to 200; an
     in-process node).
 
     Expected: every write is acknowledged; the queue drops entries from memory
@@ -58,14 +55,15 @@ async def test_retry_queue_overflow_loses_nothing(tmp_path, vss_server, report, 
     comes back, with no new write, pending returns to 0 and nothing is missing on the
     server — its copy equals the local one.
     """
-    monkeypatch.setattr(actors.supervisor, "RetryQueue", functools.partial(RetryQueue, capacity=SMALL_CAPACITY))
     rng = random.Random(report.seed)
     mnemonic = generate_mnemonic()
     keys = derive_keys(mnemonic)
     count = SMALL_CAPACITY * 5
     with trio.fail_after(DEADLINE_S):
         async with running_proxy(vss_server.url.removesuffix("/vss"), seed=report.seed) as proxy:
-            config = NodeConfig(data_dir=tmp_path / "a", vss_url=proxy.url + "/vss")
+            config = NodeConfig(
+                data_dir=tmp_path / "a", vss_url=proxy.url + "/vss", retry_queue_capacity=SMALL_CAPACITY
+            )
             async with Node.open(config) as node:
                 await node.init(PASSWORD, mnemonic)
                 await node.unlock(PASSWORD)
