@@ -34,7 +34,7 @@ T = TypeVar("T")
 RETRY_ATTEMPTS = 6  # per call, each one a client call with its own quick retries
 RETRY_BASE_S = 0.5
 RETRY_MAX_S = 8.0
-DEFAULT_CONCURRENCY = 128  # at 50 ms per call, ~100 in flight keep pace with the listing
+DEFAULT_CONCURRENCY = 64  # measured: 128 was no faster at 0 ms and 0.69x at +50 ms (CPU-bound)
 _STAGE_BATCH = 1000
 _THREAD_DECRYPT_BYTES = 256 * 1024
 

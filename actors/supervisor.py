@@ -231,7 +231,7 @@ class Node:
     def _new_client(self, keys: NodeKeys) -> VssClient:
         assert self.config.vss_url is not None
         return VssClient(
-            self.config.vss_url, SignatureAuth(keys.signing_key), transport=self._vss_transport, max_connections=128
+            self.config.vss_url, SignatureAuth(keys.signing_key), transport=self._vss_transport, max_connections=64
         )
 
     # -- one unlocked session ----------------------------------------------------------
