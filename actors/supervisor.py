@@ -30,10 +30,11 @@ from actors.local_writer import LocalWriter
 from actors.messages import Flush, WriteRequest
 from actors.ownership_guard import OwnershipGuard, clear_fence, load_or_create_instance_id
 from actors.replicator import Replicator
-from actors.restorer import RestoreProgress, restore_kv
+from actors import unlock
+from actors.restorer import RestoreProgress
 from actors.retry_queue import RetryQueue
 from actors.wallet_backup import BackupNow, WalletChange, WalletKeeper
-from actors.wallet_restorer import WalletStage, install_wallet, manifest_version, stage_wallet
+from actors.wallet_restorer import manifest_version
 from actors.wallet_upload import WalletUploader
 from node import errors, kv_keys, wallet_files
 from node.config import ConfigError, NodeConfig
@@ -51,11 +52,6 @@ SEALED_MNEMONIC = "sealed_mnemonic"
 NETWORK = "network"
 PUBKEY = "pubkey_hex"
 FINGERPRINT = "fingerprint"
-# The VSS URL the local KV state is known to be fully owed to (markers) or restored
-# from. Absent or different at unlock: restore if empty, else owe every key to it.
-KV_SYNCED_URL = "kv_synced_url"
-# Likewise for the wallet directory: a wallet found under another URL is owed whole.
-WALLET_SYNCED_URL = "wallet_synced_url"
 
 WRITER_INBOX = 4096
 REPLICATOR_INBOX = 1024
@@ -247,9 +243,12 @@ class Node:
             task_status.started(session)
 
         try:
-            wallet = await self._stage_wallet(client, keys)  # before the KV state goes live
-            guard = await self._prepare_vss(client, keys) if client is not None else None
-            await self._install_wallet(client, keys, wallet)
+            wallet = await unlock.stage_wallet_dir(self.store, self.config, client, keys)
+            guard = None
+            if client is not None:
+                self.restore_progress = RestoreProgress()
+                guard = await unlock.prepare_kv(self.store, self.config, client, keys, self.restore_progress)
+            await unlock.install_wallet_dir(self.store, self.config, client, keys, wallet)
             await self._run_actors(keys, client, guard, session_stopped, started)
         except Exception:
             if not running:
@@ -262,48 +261,6 @@ class Node:
             if client is not None:
                 with anyio.CancelScope(shield=True):
                     await client.aclose()
-
-    async def _prepare_vss(self, client: VssClient, keys: NodeKeys) -> OwnershipGuard:
-        """Hold the fence, then restore an empty node or owe a node with state to VSS."""
-        instance_id = await anyio.to_thread.run_sync(load_or_create_instance_id, self.store)
-        guard = OwnershipGuard(client, keys, instance_id)
-        synced_url = self.store.get_setting(KV_SYNCED_URL)
-        known = synced_url is not None and synced_url.decode() == self.config.vss_url
-        has_state = await anyio.to_thread.run_sync(self.store.has_state)
-        needs_restore = not known and not has_state
-        try:
-            await guard.acquire()
-        except VssError as exc:
-            if needs_restore:
-                return await self._restore_failed(guard, f"the VSS server could not be reached: {exc}")
-            log.warning("VSS unreachable at unlock (%s); writes are kept and sent once it is back", exc)
-            return guard
-        if needs_restore:
-            self.restore_progress = RestoreProgress()
-            try:
-                await restore_kv(client, keys, self.store, self.restore_progress, self._synced_settings())
-            except errors.RestoreFailed as exc:
-                return await self._restore_failed(guard, str(exc))
-        elif not known:
-            first = await anyio.to_thread.run_sync(self.store.next_seq)
-            owed = await anyio.to_thread.run_sync(self.store.mark_all_unsynced, first)
-            self.store.set_settings(self._synced_settings())
-            log.info("VSS newly enabled: %d local keys are owed to the server", owed)
-        return guard
-
-    def _synced_settings(self) -> dict[str, bytes]:
-        assert self.config.vss_url is not None
-        return {KV_SYNCED_URL: self.config.vss_url.encode()}
-
-    async def _restore_failed(self, guard: OwnershipGuard, reason: str) -> OwnershipGuard:
-        if not self.config.vss_allow_empty_restore:
-            raise errors.RestoreFailed(f"restore from VSS failed, nothing was restored: {reason}")
-        log.warning("!" * 72)
-        log.warning("RESTORE FROM VSS FAILED: %s", reason)
-        log.warning("--vss-allow-empty-restore is set: STARTING WITH EMPTY STATE")
-        log.warning("!" * 72)
-        self.store.set_settings(self._synced_settings())
-        return guard
 
     async def _run_actors(
         self,
@@ -354,23 +311,6 @@ class Node:
 
     def _wallet_home(self, keys: NodeKeys) -> WalletHome:
         return WalletHome(self.config.data_dir, keys.fingerprint)
-
-    async def _stage_wallet(self, client: VssClient | None, keys: NodeKeys) -> WalletStage:
-        """Restore an absent wallet directory (fence held) to a staged place; see stage_wallet."""
-        instance_id = None
-        if client is not None:
-            instance_id = await anyio.to_thread.run_sync(load_or_create_instance_id, self.store)
-        return await stage_wallet(
-            client, keys, self._wallet_home(keys), instance_id, allow_empty_restore=self.config.vss_allow_empty_restore
-        )
-
-    async def _install_wallet(self, client: VssClient | None, keys: NodeKeys, stage: WalletStage) -> None:
-        """Put the staged wallet in place (after the KV restore); owe a kept one to a new URL."""
-        url = (self.config.vss_url or "").encode()
-        known = self.store.get_setting(WALLET_SYNCED_URL) == url
-        await install_wallet(stage, self._wallet_home(keys), owed_to_server=client is not None and not known)
-        if client is not None and not known:
-            self.store.set_settings({WALLET_SYNCED_URL: url})
 
     async def _new_wallet_keeper(self, keys: NodeKeys, client: VssClient | None, guard: OwnershipGuard | None) -> WalletKeeper:
         uploader = None

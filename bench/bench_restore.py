@@ -11,7 +11,7 @@ pre-encrypted values in batches of 1000 (not through a node): 10,000 keys of 1 K
   transaction. Two times are taken: the whole `unlock`, which also builds the node's
   VssClient, checks the password (argon2id), holds the fence and checks the wallet
   stream, and the restore alone: the bench wraps the `restore_kv` that
-  actors.supervisor calls and takes its start, end and the CPU used in between. Keys/s
+  actors.unlock calls and takes its start, end and the CPU used in between. Keys/s
   comes from the restore alone. The time to build the VssClient (`Node._new_client`)
   is taken too, being most of what the unlock adds;
 - for the 1 KiB set, the same restore with DEFAULT_CONCURRENCY patched to
@@ -49,7 +49,7 @@ if __package__ in (None, ""):
 import anyio
 
 import actors.restorer as restorer
-import actors.supervisor as supervisor
+import actors.unlock as unlock
 from actors.ownership_guard import FENCE_KEY
 from actors.supervisor import Node
 from figures import Figure, cores, ratio
@@ -163,7 +163,7 @@ class CpuMeter:
 
 class RestoreTimer:
     """Times the node's own restore inside `unlock`: while `wrapping()`, the `restore_kv`
-    that actors.supervisor calls is wrapped to take its start, end and CPU, and
+    that actors.unlock calls is wrapped to take its start, end and CPU, and
     `Node._new_client` to take the time it takes to build the node's VssClient."""
 
     def __init__(self, server_pid: int, proxy_pid: int | None) -> None:
@@ -174,7 +174,7 @@ class RestoreTimer:
 
     @contextlib.contextmanager
     def wrapping(self) -> Iterator[None]:
-        original = supervisor.restore_kv
+        original = unlock.restore_kv
         new_client = Node._new_client
 
         def timed_client(node: Node, *args: object, **kwargs: object) -> object:
@@ -193,7 +193,7 @@ class RestoreTimer:
                 self.seconds = time.perf_counter() - start
                 self.cpu = meter.used()
 
-        with patched(supervisor, "restore_kv", timed), patched(Node, "_new_client", timed_client):
+        with patched(unlock, "restore_kv", timed), patched(Node, "_new_client", timed_client):
             yield
 
 
@@ -214,7 +214,7 @@ async def node_restore(ctx: BenchContext, path: LatencyPath, data: DataSet, serv
             unlock_s = time.perf_counter() - start
         progress = node.restore_progress
     if timer.seconds is None or timer.cpu is None:
-        raise RuntimeError("unlock did not call actors.supervisor.restore_kv: the bench's restore timer needs updating")
+        raise RuntimeError("unlock did not call actors.unlock.restore_kv: the bench's restore timer needs updating")
     if progress.keys_done != data.count:
         raise RuntimeError(f"restore brought back {progress.keys_done} keys, expected {data.count}")
     return Run(progress.keys_done, progress.bytes_done, timer.seconds, timer.cpu, unlock_s, timer.client_build_s)
