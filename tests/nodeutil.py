@@ -3,12 +3,15 @@ a checker that compares the server's copy (decrypted) with the node's local stor
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 
 import anyio
 import httpx
 
 from actors.ownership_guard import FENCE_KEY
+from actors.supervisor import Node
+from node.config import NodeConfig
 from node import crypto, kv_keys
 from node.keys import NodeKeys
 from node.store import Triple
@@ -48,6 +51,15 @@ class SwitchableTransport(httpx.AsyncBaseTransport):
         await self._inner.aclose()
 
 
+@asynccontextmanager
+async def unlocked_node(config: NodeConfig, mnemonic: str, password: str, **kwargs: object) -> AsyncIterator[Node]:
+    """A node initialised with `mnemonic` and unlocked, for the duration of the block."""
+    async with Node.open(config, **kwargs) as node:
+        await node.init(password, mnemonic)
+        await node.unlock(password)
+        yield node
+
+
 def client_for(url: str, keys: NodeKeys) -> VssClient:
     return VssClient(url, SignatureAuth(keys.signing_key))
 
@@ -63,4 +75,4 @@ async def remote_kv(client: VssClient, keys: NodeKeys) -> dict[Triple, bytes]:
     return out
 
 
-__all__ = ["MNEMONIC_A", "wait_for", "SwitchableTransport", "client_for", "remote_kv"]
+__all__ = ["MNEMONIC_A", "wait_for", "SwitchableTransport", "unlocked_node", "client_for", "remote_kv"]

@@ -16,7 +16,7 @@ from node.config import NodeConfig
 from node.keys import derive_keys, generate_mnemonic
 from vss.errors import NoSuchKeyError
 from vss.proto.vss_pb2 import KeyValue
-from nodeutil import SwitchableTransport, client_for, remote_kv, wait_for
+from nodeutil import SwitchableTransport, client_for, remote_kv, unlocked_node, wait_for
 
 pytestmark = pytest.mark.anyio
 PASSWORD = "correct horse"
@@ -38,9 +38,7 @@ async def pending(node: Node) -> int:
 async def test_write_is_local_at_once_and_reaches_the_server_encrypted(tmp_path, vss_server):
     mnemonic = generate_mnemonic()
     keys = derive_keys(mnemonic)
-    async with Node.open(config(tmp_path / "a", vss_server.url)) as node:
-        await node.init(PASSWORD, mnemonic)
-        await node.unlock(PASSWORD)
+    async with unlocked_node(config(tmp_path / "a", vss_server.url), mnemonic, PASSWORD) as node:
         await node.put("payments", "inbound", "k1", b"hello")
         await node.put("", "", "manager", b"")
         assert await node.get("payments", "inbound", "k1") == b"hello"
@@ -61,9 +59,7 @@ async def _zero(node: Node) -> bool:
 async def test_delete_reaches_the_server(tmp_path, vss_server):
     mnemonic = generate_mnemonic()
     keys = derive_keys(mnemonic)
-    async with Node.open(config(tmp_path / "a", vss_server.url)) as node:
-        await node.init(PASSWORD, mnemonic)
-        await node.unlock(PASSWORD)
+    async with unlocked_node(config(tmp_path / "a", vss_server.url), mnemonic, PASSWORD) as node:
         await node.put("ns", "", "gone", b"1")
         await node.put("ns", "", "kept", b"2")
         await wait_for(lambda: _zero(node))
@@ -80,9 +76,7 @@ async def test_fresh_data_dir_restores_every_key(tmp_path, vss_server):
     mnemonic = generate_mnemonic()
     written = {("ns", "", f"k{i}"): bytes([i % 256]) * (i * 7) for i in range(250)}
     written[("big", "", "blob")] = bytes(range(256)) * 4096  # 1 MiB
-    async with Node.open(config(tmp_path / "old", vss_server.url)) as old:
-        await old.init(PASSWORD, mnemonic)
-        await old.unlock(PASSWORD)
+    async with unlocked_node(config(tmp_path / "old", vss_server.url), mnemonic, PASSWORD) as old:
         for (p, s, k), v in written.items():
             await old.put(p, s, k, v)
         await wait_for(lambda: _zero(old))
@@ -104,9 +98,7 @@ async def test_fresh_data_dir_restores_every_key(tmp_path, vss_server):
 
 async def test_second_node_on_the_same_store_is_refused(tmp_path, vss_server):
     mnemonic = generate_mnemonic()
-    async with Node.open(config(tmp_path / "a", vss_server.url)) as first:
-        await first.init(PASSWORD, mnemonic)
-        await first.unlock(PASSWORD)
+    async with unlocked_node(config(tmp_path / "a", vss_server.url), mnemonic, PASSWORD) as first:
         await first.put("ns", "", "k", b"v")
         async with Node.open(config(tmp_path / "b", vss_server.url)) as second:
             await second.init(PASSWORD, mnemonic)
@@ -117,9 +109,7 @@ async def test_second_node_on_the_same_store_is_refused(tmp_path, vss_server):
 
 async def test_same_data_dir_restarts_without_clearing(tmp_path, vss_server):
     mnemonic = generate_mnemonic()
-    async with Node.open(config(tmp_path / "a", vss_server.url)) as node:
-        await node.init(PASSWORD, mnemonic)
-        await node.unlock(PASSWORD)
+    async with unlocked_node(config(tmp_path / "a", vss_server.url), mnemonic, PASSWORD) as node:
         await node.put("ns", "", "k", b"1")
     async with Node.open(config(tmp_path / "a", vss_server.url)) as node:
         await node.unlock(PASSWORD)
@@ -139,9 +129,7 @@ async def test_writes_succeed_with_the_server_down_and_catch_up(tmp_path, vss_se
     mnemonic = generate_mnemonic()
     keys = derive_keys(mnemonic)
     transport = SwitchableTransport()
-    async with Node.open(config(tmp_path / "a", vss_server.url), vss_transport=transport) as node:
-        await node.init(PASSWORD, mnemonic)
-        await node.unlock(PASSWORD)
+    async with unlocked_node(config(tmp_path / "a", vss_server.url), mnemonic, PASSWORD, vss_transport=transport) as node:
         transport.down = True
         for i in range(300):
             await node.put("ns", "", f"k{i % 120}", b"v%d" % i)
@@ -160,9 +148,7 @@ async def test_writes_succeed_with_the_server_down_and_catch_up(tmp_path, vss_se
 async def test_server_down_at_restart_does_not_block_unlock(tmp_path, vss_server):
     mnemonic = generate_mnemonic()
     transport = SwitchableTransport()
-    async with Node.open(config(tmp_path / "a", vss_server.url), vss_transport=transport) as node:
-        await node.init(PASSWORD, mnemonic)
-        await node.unlock(PASSWORD)
+    async with unlocked_node(config(tmp_path / "a", vss_server.url), mnemonic, PASSWORD, vss_transport=transport) as node:
         await node.put("ns", "", "k", b"1")
     transport = SwitchableTransport()
     transport.down = True
@@ -204,18 +190,14 @@ async def test_allow_empty_restore_starts_empty_when_restore_fails(tmp_path, vss
     async with client_for(vss_server.url, keys) as client:
         bad = crypto.encrypt_value(other.signing_key, b"secret")
         await client.put_objects(keys.kv_store_id, [KeyValue(key="ns/_/bad", version=-1, value=bad)])
-    async with Node.open(config(tmp_path / "a", vss_server.url, vss_allow_empty_restore=True)) as node:
-        await node.init(PASSWORD, mnemonic)
-        await node.unlock(PASSWORD)
+    async with unlocked_node(config(tmp_path / "a", vss_server.url, vss_allow_empty_restore=True), mnemonic, PASSWORD) as node:
         assert node.state is NodeState.RUNNING
         assert node.store.all_items() == {}
 
 
 async def test_another_mnemonic_sees_nothing_of_this_backup(tmp_path, vss_server):
     mnemonic = generate_mnemonic()
-    async with Node.open(config(tmp_path / "a", vss_server.url)) as node:
-        await node.init(PASSWORD, mnemonic)
-        await node.unlock(PASSWORD)
+    async with unlocked_node(config(tmp_path / "a", vss_server.url), mnemonic, PASSWORD) as node:
         await node.put("ns", "", "k", b"secret")
         await wait_for(lambda: _zero(node))
     async with Node.open(config(tmp_path / "b", vss_server.url)) as stranger:
@@ -229,9 +211,7 @@ async def test_takeover_fences_out_the_old_owner(tmp_path, vss_server):
     later writes never land on the server; A reports it lost ownership."""
     mnemonic = generate_mnemonic()
     keys = derive_keys(mnemonic)
-    async with Node.open(config(tmp_path / "a", vss_server.url)) as a:
-        await a.init(PASSWORD, mnemonic)
-        await a.unlock(PASSWORD)
+    async with unlocked_node(config(tmp_path / "a", vss_server.url), mnemonic, PASSWORD) as a:
         await a.put("ns", "", "k", b"from A")
         await wait_for(lambda: _zero(a))
         async with Node.open(config(tmp_path / "b", vss_server.url)) as b:
@@ -252,9 +232,7 @@ async def test_takeover_fences_out_the_old_owner(tmp_path, vss_server):
 async def test_vss_enabled_later_uploads_existing_state(tmp_path, vss_server):
     mnemonic = generate_mnemonic()
     keys = derive_keys(mnemonic)
-    async with Node.open(NodeConfig(data_dir=tmp_path / "a")) as node:
-        await node.init(PASSWORD, mnemonic)
-        await node.unlock(PASSWORD)
+    async with unlocked_node(NodeConfig(data_dir=tmp_path / "a"), mnemonic, PASSWORD) as node:
         await node.put("ns", "", "before", b"1")
     async with Node.open(config(tmp_path / "a", vss_server.url)) as node:
         await node.unlock(PASSWORD)
@@ -272,9 +250,7 @@ async def test_recovery_is_not_postponed_by_steady_writes(tmp_path, vss_server):
     mnemonic = generate_mnemonic()
     keys = derive_keys(mnemonic)
     transport = SwitchableTransport()
-    async with Node.open(config(tmp_path / "a", vss_server.url), vss_transport=transport) as node:
-        await node.init(PASSWORD, mnemonic)
-        await node.unlock(PASSWORD)
+    async with unlocked_node(config(tmp_path / "a", vss_server.url), mnemonic, PASSWORD, vss_transport=transport) as node:
         transport.down = True
         for i in range(50):
             await node.put("backlog", "", f"k{i}", b"v")

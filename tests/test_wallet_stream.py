@@ -37,7 +37,7 @@ from node.wallet_archive import (
 )
 from node.wallet_files import WalletHome
 from vss.proto import vss_pb2
-from nodeutil import SwitchableTransport, client_for, wait_for
+from nodeutil import SwitchableTransport, client_for, unlocked_node, wait_for
 
 pytestmark = pytest.mark.anyio
 PASSWORD = "correct horse"
@@ -178,9 +178,7 @@ async def test_small_wallet_round_trips_onto_a_fresh_data_dir(tmp_path, vss_serv
         "db/empty": b"",
         "media/file one.bin": b"\x00" * 10_000,
     }
-    async with Node.open(config(tmp_path / "old", vss_server.url)) as old:
-        await old.init(PASSWORD, mnemonic)
-        await old.unlock(PASSWORD)
+    async with unlocked_node(config(tmp_path / "old", vss_server.url), mnemonic, PASSWORD) as old:
         assert await old.wallet_list() == []
         await write_all(old, files)
         await old.wallet_delete("db/empty")
@@ -206,9 +204,7 @@ async def test_multi_chunk_wallet_round_trips_and_pieces_follow_its_size(tmp_pat
     mnemonic = generate_mnemonic()
     keys = derive_keys(mnemonic)
     big = os.urandom(3 * MiB)  # incompressible: 4 pieces once sealed
-    async with Node.open(config(tmp_path / "old", vss_server.url)) as old:
-        await old.init(PASSWORD, mnemonic)
-        await old.unlock(PASSWORD)
+    async with unlocked_node(config(tmp_path / "old", vss_server.url), mnemonic, PASSWORD) as old:
         await write_all(old, {"small.txt": b"small", "big/blob.bin": big})
         first = await old.backup_now()
         stored = await server_keys(vss_server.url, keys)
@@ -262,9 +258,7 @@ async def test_a_burst_of_writes_ends_with_the_server_holding_the_final_director
     the local directory and backup_required is false."""
     mnemonic = generate_mnemonic()
     keys = derive_keys(mnemonic)
-    async with Node.open(config(tmp_path / "a", vss_server.url)) as node:
-        await node.init(PASSWORD, mnemonic)
-        await node.unlock(PASSWORD)
+    async with unlocked_node(config(tmp_path / "a", vss_server.url), mnemonic, PASSWORD) as node:
 
         async def change(i: int) -> None:
             if i % 10 == 9:
@@ -289,9 +283,7 @@ async def test_backup_required_survives_a_restart_and_is_then_uploaded(tmp_path,
     mnemonic = generate_mnemonic()
     keys = derive_keys(mnemonic)
     transport = SwitchableTransport()
-    async with Node.open(config(tmp_path / "a", vss_server.url), vss_transport=transport) as node:
-        await node.init(PASSWORD, mnemonic)
-        await node.unlock(PASSWORD)
+    async with unlocked_node(config(tmp_path / "a", vss_server.url), mnemonic, PASSWORD, vss_transport=transport) as node:
         transport.down = True
         await node.wallet_write("owed", b"not yet on the server")
         assert await backup_required(node) is True
@@ -314,9 +306,7 @@ async def _has_error(node: Node) -> bool:
 
 async def test_backup_info_fields(tmp_path, vss_server):
     mnemonic = generate_mnemonic()
-    async with Node.open(config(tmp_path / "a", vss_server.url)) as node:
-        await node.init(PASSWORD, mnemonic)
-        await node.unlock(PASSWORD)
+    async with unlocked_node(config(tmp_path / "a", vss_server.url), mnemonic, PASSWORD) as node:
         info = await node.backup_info()
         assert (info["backup_exists"], info["server_version"], info["backup_required"]) == (False, None, False)
         assert info["last_backup_error"] is None and info["server_error"] is None
@@ -332,9 +322,7 @@ async def test_backup_info_fields(tmp_path, vss_server):
 async def test_wallet_vss_enabled_later_is_uploaded_whole(tmp_path, vss_server):
     mnemonic = generate_mnemonic()
     keys = derive_keys(mnemonic)
-    async with Node.open(config(tmp_path / "a", None)) as node:
-        await node.init(PASSWORD, mnemonic)
-        await node.unlock(PASSWORD)
+    async with unlocked_node(config(tmp_path / "a", None), mnemonic, PASSWORD) as node:
         await node.wallet_write("before/vss", b"1")
     async with Node.open(config(tmp_path / "a", vss_server.url)) as node:
         await node.unlock(PASSWORD)
@@ -352,9 +340,7 @@ async def test_interrupted_upload_over_a_single_piece_backup_leaves_it_restorabl
     mnemonic = generate_mnemonic()
     keys = derive_keys(mnemonic)
     transport = HookedTransport()
-    async with Node.open(config(tmp_path / "a", vss_server.url), vss_transport=transport) as node:
-        await node.init(PASSWORD, mnemonic)
-        await node.unlock(PASSWORD)
+    async with unlocked_node(config(tmp_path / "a", vss_server.url), mnemonic, PASSWORD, vss_transport=transport) as node:
         await node.wallet_write("state", b"old state")
         old_version = await node.backup_now()
         old_copy = snapshot(home_of(node, keys).root)
@@ -380,9 +366,7 @@ async def test_interrupted_chunked_upload_over_a_chunked_backup_is_refused_clean
     mnemonic = generate_mnemonic()
     keys = derive_keys(mnemonic)
     transport = HookedTransport()
-    async with Node.open(config(tmp_path / "a", vss_server.url), vss_transport=transport) as node:
-        await node.init(PASSWORD, mnemonic)
-        await node.unlock(PASSWORD)
+    async with unlocked_node(config(tmp_path / "a", vss_server.url), mnemonic, PASSWORD, vss_transport=transport) as node:
         await node.wallet_write("big", os.urandom(3 * MiB))
         await node.backup_now()
         transport.break_after(is_chunk_put)
@@ -428,9 +412,7 @@ async def test_conflict_is_retried_once_with_fresh_versions_then_reported(tmp_pa
             bumped = vss_pb2.KeyValue(key=MANIFEST_KEY, version=current.version, value=current.value)
             await other.put_objects(keys.wallet_store_id, [bumped])
 
-    async with Node.open(config(tmp_path / "a", vss_server.url), vss_transport=transport) as node:
-        await node.init(PASSWORD, mnemonic)
-        await node.unlock(PASSWORD)
+    async with unlocked_node(config(tmp_path / "a", vss_server.url), mnemonic, PASSWORD, vss_transport=transport) as node:
         await node.wallet_write("f", b"1")
         await node.backup_now()
         before = (await server_keys(vss_server.url, keys))[MANIFEST_KEY]
@@ -456,9 +438,7 @@ async def test_interrupted_restore_leaves_nothing_and_is_run_again(tmp_path, vss
     next unlock restores it whole."""
     mnemonic = generate_mnemonic()
     keys = derive_keys(mnemonic)
-    async with Node.open(config(tmp_path / "old", vss_server.url)) as old:
-        await old.init(PASSWORD, mnemonic)
-        await old.unlock(PASSWORD)
+    async with unlocked_node(config(tmp_path / "old", vss_server.url), mnemonic, PASSWORD) as old:
         await old.wallet_write("big", os.urandom(3 * MiB))
         await old.backup_now()
         local = snapshot(home_of(old, keys).root)
@@ -491,9 +471,7 @@ async def test_interrupted_restore_leaves_nothing_and_is_run_again(tmp_path, vss
 async def test_restore_refuses_a_backup_of_another_wallet(tmp_path, vss_server):
     mnemonic = generate_mnemonic()
     keys = derive_keys(mnemonic)
-    async with Node.open(config(tmp_path / "old", vss_server.url)) as old:
-        await old.init(PASSWORD, mnemonic)
-        await old.unlock(PASSWORD)
+    async with unlocked_node(config(tmp_path / "old", vss_server.url), mnemonic, PASSWORD) as old:
         await old.wallet_write("f", b"1")
         version = await old.backup_now()
     async with client_for(vss_server.url, keys) as client:
@@ -519,9 +497,7 @@ async def test_an_unlock_refused_for_the_kv_stream_leaves_no_wallet_either(tmp_p
     mnemonic = generate_mnemonic()
     keys = derive_keys(mnemonic)
     other = derive_keys(generate_mnemonic())
-    async with Node.open(config(tmp_path / "old", vss_server.url)) as old:
-        await old.init(PASSWORD, mnemonic)
-        await old.unlock(PASSWORD)
+    async with unlocked_node(config(tmp_path / "old", vss_server.url), mnemonic, PASSWORD) as old:
         await old.put("ns", "", "k", b"v")
         await old.wallet_write("w", os.urandom(2 * MiB))
         await old.backup_now()
@@ -565,9 +541,7 @@ async def test_fenced_node_keeps_reading_but_never_uploads_the_wallet(tmp_path, 
     server keeps B's backup."""
     mnemonic = generate_mnemonic()
     keys = derive_keys(mnemonic)
-    async with Node.open(config(tmp_path / "a", vss_server.url)) as a:
-        await a.init(PASSWORD, mnemonic)
-        await a.unlock(PASSWORD)
+    async with unlocked_node(config(tmp_path / "a", vss_server.url), mnemonic, PASSWORD) as a:
         await a.wallet_write("f", b"from A")
         await a.backup_now()
         async with new_owner(tmp_path, vss_server.url, mnemonic, "b") as b:
