@@ -20,6 +20,7 @@ that plaintext somewhere temporary and use it only after `finalize()`.
 
 from __future__ import annotations
 
+import abc
 import hmac
 import os
 import struct
@@ -75,7 +76,7 @@ def _check_key_and_prefix(key: bytes, prefix19: bytes) -> None:
         raise ValueError(f"STREAM nonce prefix must be {PREFIX_SIZE} bytes, got {len(prefix19)}")
 
 
-class _Stream:
+class _Stream(abc.ABC):
     """What both directions share: key, nonce prefix, segment counter, pending bytes."""
 
     _segment_in: int  # input bytes per non-final segment
@@ -93,8 +94,9 @@ class _Stream:
             raise ValueError("STREAM segment counter exhausted (over 2**32 segments)")
         return self._prefix + _counter.pack(self._index) + (_LAST if last else _NOT_LAST)
 
+    @abc.abstractmethod
     def _process(self, segment: bytes, last: bool) -> bytes:
-        raise NotImplementedError
+        """Seal or open one segment (the direction is the subclass's)."""
 
     def update(self, data: bytes) -> bytes:
         """Feed the next bytes; return the output of every segment now complete."""

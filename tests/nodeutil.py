@@ -6,6 +6,9 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
+import os
+from pathlib import Path
+
 import anyio
 import httpx
 
@@ -75,4 +78,16 @@ async def remote_kv(client: VssClient, keys: NodeKeys) -> dict[Triple, bytes]:
     return out
 
 
-__all__ = ["MNEMONIC_A", "wait_for", "SwitchableTransport", "unlocked_node", "client_for", "remote_kv"]
+def snapshot(root: Path) -> dict[str, bytes | None]:
+    """Every entry under root: files map to their bytes, directories to None."""
+    entries: dict[str, bytes | None] = {}
+    for current, dirs, files in os.walk(root):
+        for name in dirs:
+            entries[(Path(current) / name).relative_to(root).as_posix()] = None
+        for name in files:
+            path = Path(current) / name
+            entries[path.relative_to(root).as_posix()] = path.read_bytes()
+    return entries
+
+
+__all__ = ["MNEMONIC_A", "wait_for", "SwitchableTransport", "unlocked_node", "client_for", "remote_kv", "snapshot"]

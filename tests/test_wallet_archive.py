@@ -27,6 +27,7 @@ from node.wallet_archive import (
     parse_metadata,
     restore_backup,
 )
+from nodeutil import snapshot
 
 VECTORS = json.loads(
     (Path(__file__).resolve().parents[2] / "shared/spec/vectors.json").read_text()
@@ -35,18 +36,6 @@ SIGNING_KEY = bytes.fromhex(VECTORS["signing_key_hex"])
 FP = VECTORS["master_fingerprint"]
 SALT = bytes(range(32))
 PREFIX = bytes(range(100, 119))
-
-
-def snapshot(root: Path) -> dict[str, bytes | None]:
-    """Every entry under root: files map to their bytes, directories to None."""
-    entries: dict[str, bytes | None] = {}
-    for current, dirs, files in os.walk(root):
-        for name in dirs:
-            entries[(Path(current) / name).relative_to(root).as_posix()] = None
-        for name in files:
-            path = Path(current) / name
-            entries[path.relative_to(root).as_posix()] = path.read_bytes()
-    return entries
 
 
 def make_small_wallet(root: Path) -> Path:

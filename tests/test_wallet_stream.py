@@ -37,7 +37,7 @@ from node.wallet_archive import (
 )
 from node.wallet_files import WalletHome
 from vss.proto import vss_pb2
-from nodeutil import SwitchableTransport, client_for, unlocked_node, wait_for
+from nodeutil import SwitchableTransport, client_for, snapshot, unlocked_node, wait_for
 
 pytestmark = pytest.mark.anyio
 PASSWORD = "correct horse"
@@ -51,18 +51,6 @@ def anyio_backend() -> str:
 
 def config(data_dir: Path, url: str | None, **kwargs: object) -> NodeConfig:
     return NodeConfig(data_dir=data_dir, vss_url=url, **kwargs)
-
-
-def snapshot(root: Path) -> dict[str, bytes | None]:
-    """Every entry under root: files map to their bytes, folders to None."""
-    entries: dict[str, bytes | None] = {}
-    for current, dirs, files in os.walk(root):
-        for name in dirs:
-            entries[(Path(current) / name).relative_to(root).as_posix()] = None
-        for name in files:
-            path = Path(current) / name
-            entries[path.relative_to(root).as_posix()] = path.read_bytes()
-    return entries
 
 
 def home_of(node: Node, keys: NodeKeys) -> WalletHome:
