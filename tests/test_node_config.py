@@ -74,3 +74,34 @@ def test_cli_exits_2_with_a_one_line_reason(tmp_path, args):
     assert result.returncode == 2
     assert len(result.stderr.strip().splitlines()) == 1 and result.stderr.startswith("vssnode: ")
     assert not (tmp_path / "d").exists()  # nothing created
+
+
+def test_node_runs_as_a_plain_asgi_app_under_hypercorn(tmp_path):
+    """`hypercorn 'node.asgi:app'` configured by VSSNODE_* (a contract of DESIGN.md)."""
+    import os
+    import time
+
+    import httpx
+
+    from conftest import free_loopback_port
+
+    port = free_loopback_port()
+    env = {**os.environ, "VSSNODE_DATA_DIR": str(tmp_path / "n"), "VSSNODE_NETWORK": "signet"}
+    hypercorn = Path(sys.executable).with_name("hypercorn")
+    process = subprocess.Popen(
+        [str(hypercorn), "node.asgi:app", "--bind", f"127.0.0.1:{port}"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                info = httpx.get(f"http://127.0.0.1:{port}/nodeinfo", timeout=2).json()
+                break
+            except httpx.TransportError:
+                assert process.poll() is None and time.monotonic() < deadline, "hypercorn did not serve the node"
+                time.sleep(0.05)  # poll interval, bounded by the deadline
+        assert info["state"] == "uninitialized" and info["network"] == "signet" and info["vss_enabled"] is False
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
