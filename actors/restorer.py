@@ -7,7 +7,9 @@ fetchers (getObject + decrypt), which feed one stager writing batches into
 slowest of them rather than their sum.
 Guarantees: nothing is live until the end, when one transaction moves the staged
 values into `kv`; an interrupted or failed restore leaves the node empty and can simply
-be run again. A value that fails to decrypt (wrong mnemonic, corrupted data) fails the
+be run again (from the start: staged values are not reused). A transient failure of one
+call is retried with backoff, so a lossy link slows a large restore down rather than
+failing it. A value that fails to decrypt (wrong mnemonic, corrupted data) fails the
 whole restore: it is never written anywhere.
 """
 
