@@ -90,7 +90,7 @@ def create_app(config: NodeConfig, **node_kwargs: object) -> Quart:
         given = request.headers.get("Authorization", "")
         expected = f"Bearer {config.api_token}"
         if not hmac.compare_digest(given.encode(), expected.encode()):
-            return error_response(401, "Unauthorized", "missing or wrong API token (Authorization: Bearer ...)")
+            raise errors.Unauthorized("missing or wrong API token (Authorization: Bearer ...)")
         return None
 
     @app.errorhandler(errors.NodeError)

@@ -48,7 +48,6 @@ class RestoreProgress:
     keys_done: int = 0
     bytes_done: int = 0
     finished: bool = False
-    skipped_keys: int = 0
 
 
 async def restore_kv(
@@ -80,14 +79,14 @@ async def _pipeline(client: VssClient, keys: NodeKeys, store: LocalStore, progre
     key_send, key_recv = anyio.create_memory_object_stream[tuple[str, Triple]](concurrency * 4)
     row_send, row_recv = anyio.create_memory_object_stream[tuple[Triple, bytes]](_STAGE_BATCH * 2)
     async with anyio.create_task_group() as tg:
-        tg.start_soon(_list_keys, client, keys.kv_store_id, key_send, progress)
+        tg.start_soon(_list_keys, client, keys.kv_store_id, key_send)
         async with key_recv, row_send:
             for _ in range(concurrency):
                 tg.start_soon(_fetch, client, keys, key_recv.clone(), row_send.clone())
         tg.start_soon(_stage, store, row_recv, progress)
 
 
-async def _list_keys(client: VssClient, store_id: str, out: ObjectSendStream, progress: RestoreProgress) -> None:
+async def _list_keys(client: VssClient, store_id: str, out: ObjectSendStream) -> None:
     async with out:
         token: str | None = None
         while True:
@@ -98,7 +97,6 @@ async def _list_keys(client: VssClient, store_id: str, out: ObjectSendStream, pr
                 try:
                     triple = kv_keys.from_vss_key(item.key)
                 except ValueError:
-                    progress.skipped_keys += 1
                     log.warning("restore skips %r: not a key of the KV format", item.key)
                     continue
                 await out.send((item.key, triple))

@@ -66,12 +66,6 @@ class NodeNotLocked(NodeError):
     status = 409
 
 
-class NodeBusy(NodeError):
-    """Another unlock or lock is under way."""
-
-    status = 409
-
-
 class OwnershipConflict(NodeError):
     """Another node holds the fence of this store."""
 
