@@ -191,7 +191,7 @@ def start_node_process(ctx: BenchContext, mode: str, vss_url: str | None, transp
         command = [sys.executable, str(Path(__file__).resolve()), "serve-node", str(data_dir / "data"),
                    "--listen", listen, "--vss-url", str(vss_url), "--latency-ms", f"{transport_latency_ms:g}"]
     else:
-        command = [sys.executable, "-m", "node.cli", "run", str(data_dir / "data"), "--listen", listen]
+        command = [sys.executable, "-m", "vssnode", "run", str(data_dir / "data"), "--listen", listen]
         if vss_url is not None:
             command += ["--vss-url", vss_url, "--vss-allow-empty-restore"]
     log_path = data_dir / "node.log"
@@ -214,7 +214,7 @@ def serve_node_main(argv: list[str]) -> int:
     from hypercorn.asyncio import serve
     from hypercorn.config import Config
 
-    from actors.api import create_app
+    from vssnode.http_api import create_app
     from node.config import NodeConfig
 
     parser = argparse.ArgumentParser(prog="bench_write_latency.py serve-node")

@@ -1,6 +1,6 @@
 """Node configuration: one dataclass, filled from CLI flags or from environment variables.
 
-The CLI (`vssnode run`) and the ASGI entry (`node.asgi:app`) build the same
+The CLI (`vssnode run`) and the ASGI entry (`vssnode.asgi:app`) build the same
 `NodeConfig`; library users build it directly. `validate_vss_url` enforces HTTPS for
 any remote server, because the VSS traffic carries the node's whole (encrypted) state
 and its authorization signatures.
@@ -86,7 +86,7 @@ def split_listen(listen: str) -> tuple[str, int]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The flags of `vssnode run`; each has an environment twin for `node.asgi:app`."""
+    """The flags of `vssnode run`; each has an environment twin for `vssnode.asgi:app`."""
     parser.add_argument("data_dir", type=Path, help="directory holding the node's database and wallet")
     parser.add_argument("--listen", default=DEFAULT_LISTEN, help="HOST:PORT of the node API (default %(default)s)")
     parser.add_argument("--network", default="regtest", choices=NETWORKS, help="recorded at init; the data dir refuses any other")

@@ -1,6 +1,6 @@
 """The encryption both VSS streams share: HKDF-SHA256 keys and XChaCha20-Poly1305 STREAM.
 
-Format facts (shared/spec/BACKUP-FORMAT.md, "Encryption"):
+Format facts (docs/FORMAT.md, "Encryption"):
 
 - Key: HKDF-SHA256(salt = 32 random bytes, ikm = the 32-byte signing key, info).
 - STREAM "BE32": the plaintext is cut into 239-byte segments; segment `i` is sealed

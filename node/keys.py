@@ -4,7 +4,7 @@ Everything the node keeps on a VSS server is named and encrypted by one secp256k
 the BIP-32 private key at `m/535'/1'` of the mnemonic's BIP-39 seed (empty
 passphrase). Its compressed public key, in hex, is the KV stream's store id; the
 wallet stream's store id appends `_rgb`. The same mnemonic therefore finds and opens
-the same backups on any machine (shared/spec/BACKUP-FORMAT.md, "Identity").
+the same backups on any machine (docs/FORMAT.md, "Identity").
 
 Secrets never appear in a repr, an error message or a log line: `NodeKeys` hides
 its signing key, and `InvalidMnemonic` names word positions, never words.

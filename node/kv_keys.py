@@ -5,7 +5,7 @@ A local entry is named by `(primary, secondary, key)`. Each part uses LDK's alph
 may not; an empty primary namespace requires an empty secondary one.
 
 On the server the entry lives under `"{primary}/{secondary}/{key}"` with an empty
-namespace written `_` (shared/spec/BACKUP-FORMAT.md, "KV stream"). Since `_` would
+namespace written `_` (docs/FORMAT.md, "KV stream"). Since `_` would
 then mean both "empty" and "the namespace `_`", a namespace that is exactly `_` is
 refused, which keeps the mapping one-to-one. Keys may be `_`: they are never empty.
 """

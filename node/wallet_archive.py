@@ -1,6 +1,6 @@
 """The wallet stream's backup format: the wallet directory as one encrypted zip.
 
-Building a backup (shared/spec/BACKUP-FORMAT.md, "Wallet stream"): the directory is
+Building a backup (docs/FORMAT.md, "Wallet stream"): the directory is
 zipped with Deflate under a top-level folder named by the wallet's fingerprint, and
 the zip is sealed with STREAM under `HKDF(salt32, signing key, WALLET_INFO)` and a
 random 19-byte nonce prefix. The zip is written straight through the encryptor into

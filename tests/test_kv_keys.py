@@ -10,7 +10,7 @@ import pytest
 from node.kv_keys import InvalidKey, InvalidNamespace, from_vss_key, to_vss_key, validate
 
 VECTORS = json.loads(
-    (Path(__file__).resolve().parents[2] / "shared/spec/vectors.json").read_text()
+    (Path(__file__).resolve().parent / "vectors" / "vectors.json").read_text()
 )
 LONGEST = "a" * 120
 

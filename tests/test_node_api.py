@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from actors.api import create_app
+from vssnode.http_api import create_app
 from node.config import NodeConfig
 from nodeutil import MNEMONIC_A
 

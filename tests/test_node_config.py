@@ -68,7 +68,7 @@ def test_environment_twins_of_the_flags(tmp_path):
 )
 def test_cli_exits_2_with_a_one_line_reason(tmp_path, args):
     result = subprocess.run(
-        [sys.executable, "-m", "node.cli", "run", str(tmp_path / "d"), *args],
+        [sys.executable, "-m", "vssnode", "run", str(tmp_path / "d"), *args],
         capture_output=True, text=True, timeout=60, cwd=Path(__file__).resolve().parents[1],
     )
     assert result.returncode == 2
@@ -77,7 +77,7 @@ def test_cli_exits_2_with_a_one_line_reason(tmp_path, args):
 
 
 def test_node_runs_as_a_plain_asgi_app_under_hypercorn(tmp_path):
-    """`hypercorn 'node.asgi:app'` configured by VSSNODE_* (a contract of DESIGN.md)."""
+    """`hypercorn 'vssnode.asgi:app'` configured by VSSNODE_* (a documented entry point)."""
     import os
     import time
 
@@ -89,7 +89,7 @@ def test_node_runs_as_a_plain_asgi_app_under_hypercorn(tmp_path):
     env = {**os.environ, "VSSNODE_DATA_DIR": str(tmp_path / "n"), "VSSNODE_NETWORK": "signet"}
     hypercorn = Path(sys.executable).with_name("hypercorn")
     process = subprocess.Popen(
-        [str(hypercorn), "node.asgi:app", "--bind", f"127.0.0.1:{port}"],
+        [str(hypercorn), "vssnode.asgi:app", "--bind", f"127.0.0.1:{port}"],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     try:

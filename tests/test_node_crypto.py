@@ -24,7 +24,7 @@ from node.crypto import (
 )
 
 VECTORS = json.loads(
-    (Path(__file__).resolve().parents[2] / "shared/spec/vectors.json").read_text()
+    (Path(__file__).resolve().parent / "vectors" / "vectors.json").read_text()
 )
 SIGNING_KEY = bytes.fromhex(VECTORS["signing_key_hex"])
 KEY = bytes(range(32))

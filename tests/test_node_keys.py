@@ -17,7 +17,7 @@ from node.keys import (
 )
 
 VECTORS = json.loads(
-    (Path(__file__).resolve().parents[2] / "shared/spec/vectors.json").read_text()
+    (Path(__file__).resolve().parent / "vectors" / "vectors.json").read_text()
 )
 
 

@@ -1,4 +1,4 @@
-"""The VSS signature authorizer against the shared vectors and every rejection the spec names."""
+"""The VSS signature authorizer against the test vectors (tests/vectors/vectors.json) and every rejection the spec names."""
 
 from __future__ import annotations
 
@@ -11,8 +11,7 @@ import pytest
 from vss.auth import sign_header, verify_header
 from vss.errors import AuthError
 
-# The shared folder sits beside the repository checkout (…/shared next to …/main).
-VECTORS_PATH = Path(__file__).resolve().parents[2] / "shared" / "spec" / "vectors.json"
+VECTORS_PATH = Path(__file__).resolve().parent / "vectors" / "vectors.json"
 VECTORS = json.loads(VECTORS_PATH.read_text())
 SIGNING_KEY = bytes.fromhex(VECTORS["signing_key_hex"])
 PUBKEY_HEX = coincurve.PrivateKey(SIGNING_KEY).public_key.format(compressed=True).hex()

@@ -1,7 +1,7 @@
 """Behaviour of the bundled VSS server, the same suite over SQLite and PostgreSQL.
 
 Drives the Quart app in-process through its test client with protobuf requests built
-by hand, one protocol rule per test (shared/spec/VSS-PROTOCOL.md). PostgreSQL tests run
+by hand, one protocol rule per test (docs/PROTOCOL.md). PostgreSQL tests run
 in a schema of their own, dropped afterwards, because the `test` database is shared.
 """
 

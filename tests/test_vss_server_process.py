@@ -161,7 +161,7 @@ def test_bad_flags_exit_2_with_one_line_reason() -> None:
 
 def test_vssnode_cli_offers_the_server_flags() -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "node.cli", "vss-server", "--help"], capture_output=True, text=True, timeout=30
+        [sys.executable, "-m", "vssnode", "vss-server", "--help"], capture_output=True, text=True, timeout=30
     )
     assert result.returncode == 0, result.stderr
     for flag in ("--listen", "--db", "--auth", "--max-body-bytes"):

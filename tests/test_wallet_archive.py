@@ -30,7 +30,7 @@ from node.wallet_archive import (
 from nodeutil import snapshot
 
 VECTORS = json.loads(
-    (Path(__file__).resolve().parents[2] / "shared/spec/vectors.json").read_text()
+    (Path(__file__).resolve().parent / "vectors" / "vectors.json").read_text()
 )
 SIGNING_KEY = bytes.fromhex(VECTORS["signing_key_hex"])
 FP = VECTORS["master_fingerprint"]

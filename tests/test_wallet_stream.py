@@ -18,7 +18,7 @@ import anyio
 import httpx
 import pytest
 
-from actors.api import create_app
+from vssnode.http_api import create_app
 from actors.supervisor import Node, NodeState
 from actors.wallet_restorer import DEFAULT_CONCURRENCY, restore_wallet
 from node import crypto, errors

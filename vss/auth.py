@@ -3,7 +3,7 @@
 The header proves knowledge of a secp256k1 key without a shared secret:
 `hex(pubkey33) || hex(sig64) || decimal(unix_time)`, where `sig64` is a compact low-S
 ECDSA signature over SHA256(SALT || pubkey33 || ascii(unix_time)). The server names
-the user by the lower-case pubkey hex. See shared/spec/VSS-PROTOCOL.md.
+the user by the lower-case pubkey hex. See docs/PROTOCOL.md.
 """
 
 from __future__ import annotations

@@ -34,7 +34,7 @@ _POLL_S = 0.05
 
 def vssnode_command() -> list[str]:
     script = Path(sys.executable).parent / "vssnode"
-    return [str(script)] if script.exists() else [sys.executable, "-m", "node.cli"]
+    return [str(script)] if script.exists() else [sys.executable, "-m", "vssnode"]
 
 
 def free_loopback_port() -> int:

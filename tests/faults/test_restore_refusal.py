@@ -188,7 +188,7 @@ async def test_unlock_refused_for_the_wallet_writes_no_kv_state(tmp_path, vss_se
     intact.
 
     Expected: the unlock is refused (502 RestoreFailed) and writes nothing at all:
-    the new node's kv table stays empty too, as DESIGN.md says of a failed restore
+    the new node's kv table stays empty too, as docs/ARCHITECTURE.md says of a failed restore
     without --vss-allow-empty-restore ("unlock fails and writes nothing").
     """
     rng = random.Random(report.seed)

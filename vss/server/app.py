@@ -4,7 +4,7 @@
 backend when it starts serving and closes it when it stops. Each call: refuse a body
 over the limit (413), authorize (401), decode the protobuf (400), hand the message to
 the backend, and answer 200 with the response message. Every failure is an
-`ErrorResponse` body with the status of shared/spec/VSS-PROTOCOL.md; any other path or
+`ErrorResponse` body with the status of docs/PROTOCOL.md; any other path or
 method is 400; a fault nobody anticipated is 500 without internals in the body (the
 traceback goes to the log).
 """

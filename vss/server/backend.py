@@ -4,9 +4,9 @@
 mirror the protocol's four calls and enforce every rule that does not depend on the
 storage engine (limits, distinct keys, reserved key, page tokens), so a backend only
 implements a handful of storage hooks and cannot forget a rule. `sqlite.py` and
-`postgres.py` are the two engines; `open_backend(url)` picks one from a URL.
+`postgres.py` are the two engines; `engines.open_backend(url)` picks one from a URL.
 
-Semantics are those of shared/spec/VSS-PROTOCOL.md. Everything a backend stores is
+Semantics are those of docs/PROTOCOL.md. Everything a backend stores is
 partitioned by (user, store_id, key); the global version by (user, store_id).
 """
 
@@ -296,26 +296,6 @@ def decode_page_token(token: str) -> int:
     if not (text.isascii() and text.isdigit()) or encode_page_token(int(text)) != token:
         raise InvalidRequestError("page_token is malformed; pass back next_page_token unchanged")
     return int(text)
-
-
-def open_backend(url: str) -> Backend:
-    """The backend a URL names: `sqlite:///PATH` (`sqlite:////abs/path`, `sqlite:///:memory:`)
-    or `postgresql://user@host:port/db` (`postgres://` too; `?schema=NAME` picks a schema).
-
-    Raises ValueError for any other URL. Nothing is opened until `open()`.
-    """
-    if url.startswith("sqlite:///"):
-        from vss.server.sqlite import SqliteBackend
-
-        path = url[len("sqlite:///") :]
-        if not path:
-            raise ValueError("sqlite URL names no file: use sqlite:///PATH or sqlite:///:memory:")
-        return SqliteBackend(path)
-    if url.startswith(("postgresql://", "postgres://")):
-        from vss.server.postgres import PostgresBackend
-
-        return PostgresBackend.from_url(url)
-    raise ValueError(f"unsupported database URL {redact_url(url)!r}: use sqlite:///PATH or postgresql://...")
 
 
 def redact_url(url: str) -> str:

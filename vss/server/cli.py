@@ -20,7 +20,8 @@ from typing import TYPE_CHECKING
 
 # Quart and hypercorn are imported where they are used: `vssnode` builds this parser
 # for every command, and they cost a third of a second to import.
-from vss.server.backend import DEFAULT_MAX_BODY_BYTES, open_backend, redact_url
+from vss.server.backend import DEFAULT_MAX_BODY_BYTES, redact_url
+from vss.server.engines import open_backend
 
 if TYPE_CHECKING:
     from hypercorn.config import Config

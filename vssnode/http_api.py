@@ -19,7 +19,7 @@ from quart import Quart, Response, request
 from werkzeug.exceptions import HTTPException
 from werkzeug.routing import PathConverter
 
-from actors.metrics import render as render_metrics
+from vssnode.metrics import render as render_metrics
 from actors.supervisor import Node
 from node import errors
 from node.config import NodeConfig
@@ -220,7 +220,7 @@ def create_app(config: NodeConfig, **node_kwargs: object) -> Quart:
 
     @app.get("/openapi.json")
     async def openapi() -> Response:
-        text = resources.files("actors").joinpath("openapi.json").read_text()
+        text = resources.files("vssnode").joinpath("openapi.json").read_text()
         return Response(text, content_type="application/json")
 
     return app

@@ -1,7 +1,7 @@
 """The `vssnode` console script: `vssnode run DATA_DIR ...` and `vssnode vss-server ...`.
 
-This module and node/asgi.py are the composition roots: the only places in `node`
-that reach up into `actors`, to assemble the running program.
+The program sits on top of the stack: it assembles the actors, the node's primitives
+and the VSS protocol; nothing below imports it.
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ async def _serve(config: node_config.NodeConfig) -> None:
     from hypercorn.asyncio import serve
     from hypercorn.config import Config
 
-    from actors.api import create_app
+    from vssnode.http_api import create_app
 
     app = create_app(config)
     hyper = Config()
