@@ -1,5 +1,8 @@
-"""The node's actors and the supervisor that runs them; `Node` is the library entry."""
+"""The node's actors, and `Node`, which runs them while the node is unlocked.
 
-from actors.supervisor import Node, NodeState
+`Node` is the library entry: `async with Node.open(NodeConfig(...)) as node: ...`.
+"""
 
-__all__ = ["Node", "NodeState"]
+from actors.node import Node, NodeState, WalletFile
+
+__all__ = ["Node", "NodeState", "WalletFile"]

@@ -1,96 +1,188 @@
 """What unlock does with VSS before the actors start.
 
-Hold the fence, then, for each stream: restore a node that has nothing locally, or owe
-a node that has state to a server that has not seen it. The wallet is restored to a
-staged place first and renamed into place only after the KV state went live, so an
-unlock refused for either stream makes neither live. Every failure leaves the node as
-it was; `--vss-allow-empty-restore` turns a failed restore into a loud empty start.
+1. Take both stores (the ownership-guard's acquire; KV first). Another node's fence
+   refuses the unlock (OwnershipConflict); a store another node wrote since this node
+   last saw it refuses it too (StoreDiverged, with the key counts on each side), unless
+   `--vss-accept-divergence`: then the local state wins and is owed whole.
+2. Owe what the server lacks: a node with state and a server that never had it (VSS
+   newly enabled, another URL) owes everything, whether or not the server answers now;
+   a server that lost the store (empty, no fence) under a node that had synced to it
+   is refilled.
+3. Restore a node that has nothing locally: the wallet to a staged place first, then
+   the KV state made live, then the wallet renamed into place, so an unlock refused for
+   either stream makes neither live.
+
+A server that cannot be reached only fails the unlock when a restore is needed
+(`--vss-allow-empty-restore` turns that into a loud empty start); otherwise the node
+comes up and the guard takes the stores, with the same checks, once the server is back.
+Every refusal leaves the node as it was.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import anyio
 
-from actors.ownership_guard import OwnershipGuard, load_or_create_instance_id
-from actors.restorer import RestoreProgress, restore_kv
-from actors.wallet_restorer import WalletStage, install_wallet, stage_wallet
-from node import errors
+from actors.messages import RemoteSeen, StoreKind
+from actors.ownership_guard import FENCE_KEY, RECORD_SETTING, Acquired, OwnershipGuard, StoreDivergedError
+from actors.restorer import RestoreStatus, restore_kv
+from actors.vss_port import VssPort
+from actors.wallet_restorer import WalletStage, allowed_failure, install_wallet, stage_wallet
+from node import errors, kv_keys, settings
 from node.config import NodeConfig
 from node.keys import NodeKeys
-from node.store import LocalStore
+from node.store import LocalStore, Triple
 from node.wallet_files import WalletHome
-from vss.client import VssClient
-from vss.errors import VssError
+from node.wording import counted
+from node.wallet_format import MANIFEST_KEY
+from vss.errors import NoSuchKeyError, VssError
 
 log = logging.getLogger(__name__)
 
-# Settings rows: the VSS URL the local KV state (or wallet directory) is known to be
-# fully owed to, or restored from. Absent or different at unlock: restore if empty,
-# else owe everything to it.
-KV_SYNCED_URL = "kv_synced_url"
-WALLET_SYNCED_URL = "wallet_synced_url"
+
+@dataclass
+class _Situation:
+    """What the node has locally, what it knows of this VSS URL, and what it owes."""
+
+    url: bytes
+    kv_known: bool
+    wallet_known: bool
+    has_state: bool
+    wallet_present: bool
+    owe_kv: bool = False  # the server lost the store, or the operator accepted a divergence
+    owe_wallet: bool = False
+
+    @property
+    def needs_restore(self) -> bool:
+        return not self.kv_known and not self.has_state
 
 
-async def stage_wallet_dir(store: LocalStore, config: NodeConfig, client: VssClient | None, keys: NodeKeys) -> WalletStage:
-    """Restore an absent wallet directory (fence held) to a staged place."""
-    instance_id = None
-    if client is not None:
-        instance_id = await anyio.to_thread.run_sync(load_or_create_instance_id, store)
-    home = WalletHome(config.data_dir, keys.fingerprint)
-    return await stage_wallet(client, keys, home, instance_id, allow_empty_restore=config.vss_allow_empty_restore)
-
-
-async def prepare_kv(
-    store: LocalStore, config: NodeConfig, client: VssClient, keys: NodeKeys, progress: RestoreProgress
-) -> OwnershipGuard:
-    """Hold the fence, then restore an empty node or owe a node with state to VSS.
-
-    A server that cannot be reached only fails the unlock when a restore is needed: a
-    node with state comes up and sends what it owes once the server is back."""
-    instance_id = await anyio.to_thread.run_sync(load_or_create_instance_id, store)
-    guard = OwnershipGuard(client, keys, instance_id)
-    synced_url = store.get_setting(KV_SYNCED_URL)
-    known = synced_url is not None and synced_url.decode() == config.vss_url
-    has_state = await anyio.to_thread.run_sync(store.has_state)
-    needs_restore = not known and not has_state
-    try:
-        await guard.acquire()
-    except VssError as exc:
-        if needs_restore:
-            _restore_failed(store, config, f"the VSS server could not be reached: {exc}")
-        else:
-            log.warning("VSS unreachable at unlock (%s); writes are kept and sent once it is back", exc)
-        return guard
-    if needs_restore:
-        try:
-            await restore_kv(client, keys, store, progress, _synced(config))
-        except errors.RestoreFailed as exc:
-            _restore_failed(store, config, str(exc))
-    elif not known:
+async def prepare(
+    store: LocalStore,
+    config: NodeConfig,
+    port: VssPort,
+    keys: NodeKeys,
+    guard: OwnershipGuard,
+    home: WalletHome,
+    publish_restore: Callable[[RestoreStatus], None],
+) -> RemoteSeen | None:
+    """Run steps 1-3; raise the NodeError that refuses the unlock, if any. Returns what
+    the server holds of the wallet stream, when it answered."""
+    assert config.vss_url is not None
+    url = config.vss_url.encode()
+    situation = _Situation(
+        url=url,
+        kv_known=store.get_setting(settings.KV_SYNCED_URL) == url,
+        wallet_known=store.get_setting(settings.WALLET_SYNCED_URL) == url,
+        has_state=await anyio.to_thread.run_sync(store.has_state),
+        wallet_present=home.exists(),
+    )
+    reachable = await _take_stores(store, port, keys, guard, situation)
+    if situation.has_state and (situation.owe_kv or not situation.kv_known):
         first = await anyio.to_thread.run_sync(store.next_seq)
         owed = await anyio.to_thread.run_sync(store.mark_all_unsynced, first)
-        store.set_settings(_synced(config))
-        log.info("VSS newly enabled: %d local keys are owed to the server", owed)
-    return guard
+        store.set_settings({settings.KV_SYNCED_URL: url})
+        log.info("%s owed to the VSS server", counted(owed, "local key"))
+    stage = await _stage_wallet(port if reachable else None, keys, home, config, situation)
+    if situation.needs_restore:
+        if not reachable:
+            _restore_failed(store, config, "the VSS server could not be reached")
+        else:
+            try:
+                await restore_kv(port, keys, store, publish_restore, {settings.KV_SYNCED_URL: url})
+            except errors.RestoreFailed as exc:
+                _restore_failed(store, config, str(exc))
+    owed_wallet = situation.wallet_present and (situation.owe_wallet or not situation.wallet_known)
+    await install_wallet(stage, home, owed_to_server=owed_wallet)
+    if not situation.wallet_known:
+        store.set_settings({settings.WALLET_SYNCED_URL: url})
+    return await _wallet_seen(port, keys) if reachable else None
 
 
-async def install_wallet_dir(
-    store: LocalStore, config: NodeConfig, client: VssClient | None, keys: NodeKeys, stage: WalletStage
-) -> None:
-    """Put the staged wallet in place (after the KV restore); owe a kept one to a new URL."""
-    url = (config.vss_url or "").encode()
-    known = store.get_setting(WALLET_SYNCED_URL) == url
-    home = WalletHome(config.data_dir, keys.fingerprint)
-    await install_wallet(stage, home, owed_to_server=client is not None and not known)
-    if client is not None and not known:
-        store.set_settings({WALLET_SYNCED_URL: url})
+async def _wallet_seen(port: VssPort, keys: NodeKeys) -> RemoteSeen | None:
+    """The version of the server's wallet manifest, so the node can say it from the start."""
+    try:
+        return RemoteSeen(version=(await port.get_object(keys.wallet_store_id, MANIFEST_KEY)).version)
+    except NoSuchKeyError:
+        return RemoteSeen(version=None)
+    except VssError:
+        return None
 
 
-def _synced(config: NodeConfig) -> dict[str, bytes]:
-    assert config.vss_url is not None
-    return {KV_SYNCED_URL: config.vss_url.encode()}
+async def _take_stores(store: LocalStore, port: VssPort, keys: NodeKeys, guard: OwnershipGuard, situation: _Situation) -> bool:
+    """Step 1, and what step 2 owes because of it. Returns whether the server answered."""
+    for kind in (StoreKind.KV, StoreKind.WALLET):
+        try:
+            acquired = await guard.acquire(kind)
+        except VssError as exc:
+            if not situation.needs_restore:
+                log.warning("VSS unreachable at unlock (%s); local writes are kept and sent once it is back", exc)
+            return False
+        except StoreDivergedError as exc:
+            raise await _diverged(store, port, keys, exc) from None
+        store.set_settings({RECORD_SETTING[kind]: str(acquired.token).encode()})
+        if acquired.divergence is not None:
+            await _log_accepted(store, port, keys, acquired)
+            situation.owe_kv = situation.owe_wallet = True
+        elif acquired.emptied and (situation.kv_known if kind is StoreKind.KV else situation.wallet_known):
+            log.error("!" * 72)
+            log.error("THE VSS SERVER LOST THE %s STORE (empty, no fence): re-sending everything", kind.value.upper())
+            log.error("!" * 72)
+            if kind is StoreKind.KV:
+                situation.owe_kv = True
+            else:
+                situation.owe_wallet = True
+    return True
+
+
+async def _log_accepted(store: LocalStore, port: VssPort, keys: NodeKeys, acquired: Acquired) -> None:
+    assert acquired.divergence is not None
+    only_server, only_node = await _key_counts(store, port, keys)
+    log.warning("!" * 72)
+    log.warning("--vss-accept-divergence: %s; the local state wins and is re-sent whole", acquired.divergence.describe())
+    log.warning("%s only on the server (left alone), %s only on this node", counted(only_server, "key"),
+                counted(only_node, "key"))
+    log.warning("!" * 72)
+
+
+async def _diverged(store: LocalStore, port: VssPort, keys: NodeKeys, exc: StoreDivergedError) -> errors.StoreDiverged:
+    only_server, only_node = await _key_counts(store, port, keys)
+    gap = exc.divergence.found - exc.divergence.recorded
+    return errors.StoreDiverged(
+        f"{exc.divergence.describe()} (global_version {'+' if gap > 0 else ''}{gap}): "
+        f"{counted(only_server, 'key')} only on the server, {counted(only_node, 'key')} only on this node. "
+        "The safe way is to restore into a fresh data dir with this mnemonic; to make this node's state win "
+        "and overwrite the server's, unlock with --vss-accept-divergence"
+    )
+
+
+async def _key_counts(store: LocalStore, port: VssPort, keys: NodeKeys) -> tuple[int, int]:
+    """(keys only the server has, keys only this node has) of the KV stream."""
+    remote: set[Triple] = set()
+    async for item in port.iter_key_versions(keys.kv_store_id):
+        if item.key == FENCE_KEY:
+            continue
+        try:
+            remote.add(kv_keys.from_vss_key(item.key))
+        except errors.InvalidKey:
+            continue
+    local, _ = await anyio.to_thread.run_sync(store.key_sets)
+    return len(remote - local), len(local - remote)
+
+
+async def _stage_wallet(
+    port: VssPort | None, keys: NodeKeys, home: WalletHome, config: NodeConfig, situation: _Situation
+) -> WalletStage:
+    if port is None and not situation.wallet_present:
+        reason = "the VSS server could not be reached to restore the wallet"
+        if not config.vss_allow_empty_restore:
+            raise errors.RestoreFailed(f"restore from VSS failed, nothing was restored: {reason}")
+        await allowed_failure(home, reason)
+        return WalletStage.EMPTY
+    return await stage_wallet(port, keys, home, allow_empty_restore=config.vss_allow_empty_restore)
 
 
 def _restore_failed(store: LocalStore, config: NodeConfig, reason: str) -> None:
@@ -101,4 +193,6 @@ def _restore_failed(store: LocalStore, config: NodeConfig, reason: str) -> None:
     log.warning("RESTORE FROM VSS FAILED: %s", reason)
     log.warning("--vss-allow-empty-restore is set: STARTING WITH EMPTY STATE")
     log.warning("!" * 72)
-    store.set_settings(_synced(config))
+    assert config.vss_url is not None
+    store.set_settings({settings.KV_SYNCED_URL: config.vss_url.encode()})
+

@@ -1,22 +1,24 @@
 """wallet-restorer: pulls the wallet stream back into an absent wallet directory, at unlock.
 
 Unlock runs it in two steps around the KV restore, so that a refused unlock makes
-neither stream live: `stage_wallet` (before) holds the fence and, when
-`DATA_DIR/wallet/<fingerprint>/` does not exist, restores the server's backup into a
-staged directory beside it; `install_wallet` (after the KV state went live) renames
-the staged copy into place, or creates an empty wallet.
+neither stream live: `stage_wallet` (before; the ownership-guard already holds both
+stores) restores the server's backup, when `DATA_DIR/wallet/<fingerprint>/` does not
+exist, into a staged directory beside it; `install_wallet` (after the KV state went
+live) renames the staged copy into place, or creates an empty wallet.
 
-The restore reads `backup/manifest` (absent: there is nothing to restore), then the
-metadata and the fingerprint (which must be this mnemonic's), then the pieces: fetched
-in parallel (at most `concurrency` at once, fetched or waiting) and fed in order to
-`WalletRestore`, which decrypts them into a temp zip in a worker thread. Memory holds
-at most `concurrency` pieces of 1 MiB, whatever the wallet's size.
+The restore reads `backup/manifest` (absent: there is nothing to restore) and checks it
+before anything is planned for it, then the metadata and the fingerprint (which must be
+this mnemonic's), then the pieces: fetched in parallel, at most `concurrency` at once,
+and fed in order to `WalletRestore`, which decrypts them into a temp zip in a worker
+thread. Memory and tasks are bounded by `concurrency`, whatever the manifest says.
 
 Guarantees: the wallet directory appears complete (renamed into place after the whole
 stream authenticated and unpacked) or not at all. Any failure, a wrong mnemonic, or a
 backup mixed by an interrupted upload, raises RestoreFailed and leaves no directory;
 what a killed restore leaves behind is swept at the next unlock, which simply restores
-again.
+again. A failure the operator allowed (`--vss-allow-empty-restore`) starts with an
+empty wallet and marks the server's backup unreadable, so nothing is uploaded over it
+until the operator says so.
 """
 
 from __future__ import annotations
@@ -27,24 +29,25 @@ from pathlib import Path
 
 import anyio
 from anyio.abc import TaskGroup
+from anyio.streams.memory import MemoryObjectSendStream
 
-from actors.ownership_guard import OwnershipGuard
+from actors.tasks import first_cause
+from actors.vss_port import VssPort
 from node import errors
 from node.crypto import DecryptionError
 from node.keys import NodeKeys
-from node.wallet_archive import (
+from node.wallet_archive import WalletRestore
+from node.wallet_files import BACKUP_REQUIRED, REMOTE_INCOMPLETE, REMOTE_UNREADABLE, WalletHome
+from node.wallet_format import (
     FINGERPRINT_KEY,
     MANIFEST_KEY,
     METADATA_KEY,
     CorruptBackup,
-    WalletRestore,
     chunk_key,
     parse_fingerprint,
     parse_manifest,
     parse_metadata,
 )
-from node.wallet_files import WalletHome
-from vss.client import VssClient
 from vss.errors import NoSuchKeyError, VssError
 
 log = logging.getLogger(__name__)
@@ -53,7 +56,7 @@ DEFAULT_CONCURRENCY = 8
 
 
 async def restore_wallet(
-    client: VssClient, keys: NodeKeys, home: WalletHome, *, dest: Path | None = None, concurrency: int = DEFAULT_CONCURRENCY
+    port: VssPort, keys: NodeKeys, home: WalletHome, *, dest: Path | None = None, concurrency: int = DEFAULT_CONCURRENCY
 ) -> bool:
     """Restore the wallet backup of `keys` into `dest` (default `home.root`; must be absent).
 
@@ -64,22 +67,23 @@ async def restore_wallet(
     dest = home.root if dest is None else dest
     try:
         try:
-            manifest = await client.get_object(store_id, MANIFEST_KEY)
+            manifest = parse_manifest((await port.get_object(store_id, MANIFEST_KEY)).value)
         except NoSuchKeyError:
             return False
-        chunk_count, total_size = parse_manifest(manifest.value)
-        salt, prefix = parse_metadata(await _required(client, store_id, METADATA_KEY))
-        fingerprint = parse_fingerprint(await _required(client, store_id, FINGERPRINT_KEY))
+        salt, prefix = parse_metadata(await _required(port, store_id, METADATA_KEY))
+        fingerprint = parse_fingerprint(await _required(port, store_id, FINGERPRINT_KEY))
         if fingerprint != keys.fingerprint:
             raise errors.RestoreFailed(
                 f"the wallet backup on the server belongs to wallet {fingerprint}, not to this mnemonic's "
                 f"{keys.fingerprint}; nothing was restored"
             )
         restore = await anyio.to_thread.run_sync(
-            lambda: WalletRestore(salt, prefix, keys.signing_key, fingerprint, dest, home.work_dir, total_size=total_size)
+            lambda: WalletRestore(
+                salt, prefix, keys.signing_key, fingerprint, dest, home.work_dir, total_size=manifest.total_size
+            )
         )
         with restore:
-            await _feed_in_order(client, store_id, chunk_count, restore, concurrency)
+            await _feed_in_order(port, store_id, manifest.chunk_count, restore, concurrency)
             await anyio.to_thread.run_sync(restore.finish)
     except DecryptionError:
         raise errors.RestoreFailed(
@@ -90,61 +94,59 @@ async def restore_wallet(
         raise errors.RestoreFailed(f"the wallet backup on the server is damaged: {exc}; nothing was restored") from None
     except VssError as exc:
         raise errors.RestoreFailed(f"fetching the wallet backup from VSS failed: {exc}") from exc
-    log.info("restored the wallet (%d bytes in %d pieces) from VSS", total_size, chunk_count)
+    log.info("restored the wallet (%d bytes in %d pieces) from VSS", manifest.total_size, manifest.chunk_count)
     return True
 
 
-async def _required(client: VssClient, store_id: str, key: str) -> bytes:
+async def _required(port: VssPort, store_id: str, key: str) -> bytes:
     try:
-        return (await client.get_object(store_id, key)).value
+        return (await port.get_object(store_id, key)).value
     except NoSuchKeyError:
         raise CorruptBackup(f"{key} is missing although a manifest exists") from None
 
 
-async def _feed_in_order(client: VssClient, store_id: str, chunk_count: int, restore: WalletRestore, concurrency: int) -> None:
-    """Fetch the pieces concurrently, feed them to `restore` strictly in order."""
-    keys = [chunk_key(i, chunk_count) for i in range(chunk_count)]
-    slots = anyio.Semaphore(concurrency)  # one per piece fetched or waiting to be fed
-    arrived: dict[int, bytes] = {}
-    ready = [anyio.Event() for _ in keys]
+class _Piece:
+    """One piece being fetched: set once it arrived."""
 
-    async def fetch(index: int) -> None:
-        arrived[index] = await _required(client, store_id, keys[index])
-        ready[index].set()
+    def __init__(self, index: int) -> None:
+        self.index = index
+        self.arrived = anyio.Event()
+        self.data = b""
 
-    async def start_fetches(tg: TaskGroup) -> None:
-        for index in range(chunk_count):
-            await slots.acquire()
-            tg.start_soon(fetch, index)
+
+async def _feed_in_order(port: VssPort, store_id: str, chunk_count: int, restore: WalletRestore, concurrency: int) -> None:
+    """Fetch the pieces concurrently, feed them to `restore` strictly in order.
+
+    The fetches start in order, each taking a slot that is freed once its piece was
+    fed, and announce themselves on a channel no longer than the slots: at most
+    `concurrency` pieces exist at any moment, fetched or waiting.
+    """
+    slots = anyio.Semaphore(concurrency)
+    started, in_order = anyio.create_memory_object_stream[_Piece](concurrency)
+
+    async def fetch(piece: _Piece) -> None:
+        piece.data = await _required(port, store_id, chunk_key(piece.index, chunk_count))
+        piece.arrived.set()
+
+    async def start_fetches(tg: TaskGroup, announce: MemoryObjectSendStream[_Piece]) -> None:
+        async with announce:
+            for index in range(chunk_count):
+                await slots.acquire()
+                piece = _Piece(index)
+                tg.start_soon(fetch, piece)
+                await announce.send(piece)
 
     try:
         async with anyio.create_task_group() as tg:
-            tg.start_soon(start_fetches, tg)
-            for index in range(chunk_count):
-                await ready[index].wait()
-                piece = arrived.pop(index)
-                await anyio.to_thread.run_sync(restore.feed, piece)
-                del piece
-                slots.release()
+            tg.start_soon(start_fetches, tg, started)
+            async with in_order:
+                async for piece in in_order:
+                    await piece.arrived.wait()
+                    data, piece.data = piece.data, b""
+                    await anyio.to_thread.run_sync(restore.feed, data)
+                    slots.release()
     except BaseExceptionGroup as group:  # one failure cancels the rest: report it
-        raise _first_cause(group) from None
-
-
-def _first_cause(group: BaseExceptionGroup) -> BaseException:
-    for exc in group.exceptions:
-        if isinstance(exc, BaseExceptionGroup):
-            return _first_cause(exc)
-        if not isinstance(exc, anyio.get_cancelled_exc_class()):
-            return exc
-    return group
-
-
-async def manifest_version(client: VssClient, keys: NodeKeys) -> int | None:
-    """The version of the server's `backup/manifest`, None when there is no backup."""
-    try:
-        return (await client.get_object(keys.wallet_store_id, MANIFEST_KEY)).version
-    except NoSuchKeyError:
-        return None
+        raise first_cause(group) from None
 
 
 class WalletStage(enum.Enum):
@@ -155,58 +157,60 @@ class WalletStage(enum.Enum):
     EMPTY = "empty"  # start with an empty wallet: no backup, VSS off, or an allowed failed restore
 
 
-async def stage_wallet(
-    client: VssClient | None, keys: NodeKeys, home: WalletHome, instance_id: str | None, *, allow_empty_restore: bool
-) -> WalletStage:
+async def stage_wallet(port: VssPort | None, keys: NodeKeys, home: WalletHome, *, allow_empty_restore: bool) -> WalletStage:
     """At unlock, before the KV restore: restore an absent wallet directory, staged.
 
-    With VSS on and no wallet directory: holds the fence (refusing, like the KV
-    stream, when another node holds it), then restores the server's backup into
+    With VSS on and no wallet directory: restores the server's backup into
     `home.staged`, beside the real place but not in it, so a KV restore that fails
     afterwards leaves no wallet either, and a wallet restore that fails leaves no KV
-    state. Raises RestoreFailed (unless `allow_empty_restore`: then logs loudly and
-    returns EMPTY) or OwnershipConflict. Leftovers of an interrupted restore or build
-    are removed first, which is how a killed restore is simply run again.
+    state. `port` None means VSS is off or could not be reached; with VSS on that is a
+    failed restore. Raises RestoreFailed (unless `allow_empty_restore`: then logs loudly,
+    marks the server's backup unreadable and returns EMPTY). Leftovers of an interrupted
+    restore or build are removed first, which is how a killed restore is run again.
     """
     await anyio.to_thread.run_sync(home.remove_leftovers)
     if home.exists():
         return WalletStage.PRESENT
-    if client is None:
+    if port is None:
         return WalletStage.EMPTY
-    assert instance_id is not None, "with VSS on, the instance id exists before the fence"
     try:
-        try:
-            await OwnershipGuard(client, keys, instance_id).acquire()
-        except VssError as exc:
-            raise errors.RestoreFailed(f"the VSS server could not be reached to restore the wallet: {exc}") from exc
-        restored = await restore_wallet(client, keys, home, dest=home.staged)
+        restored = await restore_wallet(port, keys, home, dest=home.staged)
     except errors.RestoreFailed as exc:
         if not allow_empty_restore:
             raise
-        log.warning("!" * 72)
-        log.warning("WALLET RESTORE FROM VSS FAILED: %s", exc)
-        log.warning("--vss-allow-empty-restore is set: STARTING WITH AN EMPTY WALLET")
-        log.warning("!" * 72)
+        await allowed_failure(home, str(exc))
         return WalletStage.EMPTY
     return WalletStage.RESTORED if restored else WalletStage.EMPTY
+
+
+async def allowed_failure(home: WalletHome, reason: str) -> None:
+    """An allowed failed restore: say so loudly, and protect what the server holds."""
+    await anyio.to_thread.run_sync(home.set_flag, REMOTE_UNREADABLE, True)
+    log.warning("!" * 72)
+    log.warning("WALLET RESTORE FROM VSS FAILED: %s", reason)
+    log.warning("--vss-allow-empty-restore is set: STARTING WITH AN EMPTY WALLET")
+    log.warning("the server's wallet backup is kept: nothing is uploaded over it until you ask with")
+    log.warning('POST /vssbackup {"replace_unreadable": true}')
+    log.warning("!" * 72)
 
 
 async def install_wallet(stage: WalletStage, home: WalletHome, *, owed_to_server: bool) -> None:
     """After the KV restore: put the staged wallet in place (or an empty one).
 
     A PRESENT wallet is marked "backup required" when `owed_to_server` (VSS on, and
-    this URL never had it), so it is uploaded whole. A crash before the rename leaves
-    no wallet directory, so the next unlock restores again.
+    this URL never had it, or the server lost it), so it is uploaded whole. A crash
+    before the rename leaves no wallet directory, so the next unlock restores again.
     """
     if stage is WalletStage.PRESENT:
         if owed_to_server:
-            await anyio.to_thread.run_sync(home.mark_backup_required)
-            log.info("the wallet is new to this VSS server: it is owed to it whole")
+            await anyio.to_thread.run_sync(home.set_flag, BACKUP_REQUIRED, True)
+            log.info("the wallet is owed to the VSS server whole")
         return
     if stage is WalletStage.RESTORED:
         await anyio.to_thread.run_sync(home.install_staged)
+        await anyio.to_thread.run_sync(home.set_flag, REMOTE_INCOMPLETE, False)  # it just restored whole
     else:
         await anyio.to_thread.run_sync(home.create_empty)
-    # What is here now is what the server has (or a deliberate empty start): a marker
-    # left by a wallet directory that is gone says nothing any more.
-    await anyio.to_thread.run_sync(home.clear_backup_required)
+    # What is here now is what the server has (or a deliberate empty start): a marker left
+    # by a wallet directory that is gone says nothing any more.
+    await anyio.to_thread.run_sync(home.set_flag, BACKUP_REQUIRED, False)

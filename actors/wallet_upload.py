@@ -1,30 +1,24 @@
-"""The wallet stream's writes to the server: one sealed backup onto the `backup/*` keys.
+"""The wallet stream's uploads: one sealed backup onto the `backup/*` keys, fenced.
 
-Used by the wallet-backup actor, one upload at a time. Follows BACKUP-FORMAT.md:
-- read the current version of every `backup/*` key (listKeyVersions, prefix `backup/`)
-  and write each key conditionally on it (0 when absent), so a concurrent writer is
-  caught as a CONFLICT; on a CONFLICT, re-read the versions and retry once, then give up;
-- a backup of one piece (ciphertext <= 1 MiB) goes out as one putObjects: `backup/data`,
-  manifest, fingerprint and metadata together, so the server holds the old backup or
-  the new one, never a mix;
-- a larger one writes `backup/chunk/{i}` each in its own call, then manifest,
-  fingerprint and metadata last, in one transaction;
-- afterwards, pieces the new manifest does not reference (a shorter backup, or the other
-  layout) are deleted, best effort.
+Used by the wallet-keeper's upload task, one upload at a time. Every write goes through
+the ownership-guard, so it carries the wallet store's token: after a takeover not one
+more piece of the old owner lands.
 
-What an interrupted chunked upload leaves: the chunk keys are fixed names, so the new
-pieces overwrite the pieces of the previous backup *before* the manifest flips. If the
-previous backup was a single piece (`backup/data`), it stays whole and in force. If it
-was chunked too, an interrupted upload leaves its manifest and metadata pointing at a
-mix of old and new pieces, which no layout-preserving order can avoid; the mix fails
-the STREAM tag check, so a restore refuses it cleanly (RestoreFailed, nothing written),
-and the node keeps the wallet marked "backup required" and uploads again until a whole
-backup lands.
+Two paths (docs/FORMAT.md, "The wallet stream"):
+- **atomic**, whenever the backup fits one request (at most ATOMIC_MAX_BYTES of
+  ciphertext and the protocol's 1000 items): every piece, the manifest, the metadata,
+  the fingerprint and the deletion of pieces the new manifest no longer names, in one
+  putObjects. The server holds the old backup or the new one, never a mix. A 413 from
+  the server (or a proxy) sends the backup down the other path.
+- **piece by piece**, for larger wallets: each piece in its own putObjects, then the
+  documents in one, then the stale pieces are deleted. If that overwrites pieces of
+  the previous backup, the previous backup stops being whole the moment the first
+  piece lands: the "remote incomplete" marker is made durable first and cleared only
+  once the manifest names the new pieces, so `/vssbackupinfo` says
+  `backup_restorable: false` for exactly that window, SIGKILL included.
 
-Ownership: the wallet store has no fencing token of its own, so before each upload and
-again before the manifest flips, the uploader reads the KV store's fence: another
-owner's id, or no fence after this session held it (a takeover in progress), raises
-FenceLost and nothing more is written.
+Every key is written conditionally on the version listed just before (0 when absent),
+as rgb-lib does; a CONFLICT re-reads the versions and tries once more.
 """
 
 from __future__ import annotations
@@ -33,113 +27,109 @@ import logging
 from collections.abc import Sequence
 
 import anyio
+from anyio.streams.memory import MemoryObjectSendStream
 
-from actors.ownership_guard import FENCE_KEY, FenceLost, OwnershipGuard
-from node import errors
+from actors.messages import FencedPut, GuardMessage, StoreKind
+from actors.vss_port import VssPort
 from node.keys import NodeKeys
-from node.wallet_archive import CHUNK_KEY_PREFIX, DATA_KEY, FINGERPRINT_KEY, MANIFEST_KEY, METADATA_KEY, WalletBackup
-from vss.client import VssClient
-from vss.errors import ConflictError, NoSuchKeyError, VssError
+from node.wallet_archive import WalletBackup
+from node.wallet_files import REMOTE_INCOMPLETE, WalletHome
+from node.wallet_format import BACKUP_PREFIX, MANIFEST_KEY, is_piece_key
+from vss.errors import ConflictError, RequestTooLargeError, VssError
 from vss.proto.vss_pb2 import KeyValue
 
 log = logging.getLogger(__name__)
 
-BACKUP_PREFIX = "backup/"
-_DELETES_PER_CALL = 500  # the protocol allows 1000 items per putObjects
+ATOMIC_MAX_BYTES = 16 * 1024 * 1024
+MAX_ITEMS = 1000  # the protocol's limit per putObjects
+_DELETES_PER_CALL = 500
 
 
 class WalletUploader:
-    def __init__(self, client: VssClient, keys: NodeKeys, guard: OwnershipGuard, instance_id: str) -> None:
-        self._client = client
-        self._keys = keys
+    def __init__(self, port: VssPort, keys: NodeKeys, guard: MemoryObjectSendStream[GuardMessage], home: WalletHome) -> None:
+        self._port = port
         self._store_id = keys.wallet_store_id
         self._guard = guard
-        self._instance_id = instance_id
+        self._home = home
 
     async def upload(self, backup: WalletBackup) -> int:
         """Put `backup` on the server; returns the manifest's version afterwards.
 
-        Raises FenceLost (another node owns the store), ConflictError (a concurrent
-        writer, twice in a row), another VssError, or OSError reading the backup.
+        Raises FenceLost or StoreDivergedError (the guard stopped the stream),
+        ConflictError (a concurrent writer, twice in a row), another VssError, or
+        OSError reading the backup.
         """
-        await self.check_owner()
         for attempt in (1, 2):
-            versions = await self._versions()
+            versions = await self.remote_versions()
             try:
-                version = await self._write(backup, versions)
+                return await self._upload(backup, versions)
             except ConflictError as exc:
                 if attempt == 2:
                     raise
-                await self.check_owner()
                 log.warning("wallet backup conflicted with another write (%s); re-reading versions, retrying once", exc)
-                continue
-            await self._drop_stale(backup, versions)
-            return version
         raise AssertionError("unreachable")
 
-    async def check_owner(self) -> None:
-        """Raise FenceLost unless this node holds the fence of its KV store."""
-        if self._guard.lost:
-            raise FenceLost()
-        try:
-            owner = (await self._client.get_object(self._keys.kv_store_id, FENCE_KEY)).value.decode("utf-8", "replace")
-        except NoSuchKeyError:
-            owner = None
-        if owner == self._instance_id:
-            return
-        if owner is None and self._guard.token is None:
-            # The server was down at unlock, so the fence was never taken this session:
-            # take it now, as the KV stream does before its first write.
-            try:
-                await OwnershipGuard(self._client, self._keys, self._instance_id).acquire()
-            except errors.OwnershipConflict:
-                raise FenceLost() from None
-            return
-        log.error("the wallet store's owner changed (fence: %s); wallet backups stopped", "gone" if owner is None else "another node")
-        raise FenceLost()
-
-    async def _versions(self) -> dict[str, int]:
+    async def remote_versions(self) -> dict[str, int]:
+        """Every `backup/*` key on the server with its version."""
         found = {}
-        async for item in self._client.iter_key_versions(self._store_id, key_prefix=BACKUP_PREFIX):
+        async for item in self._port.iter_key_versions(self._store_id, key_prefix=BACKUP_PREFIX):
             found[item.key] = item.version
         return found
 
-    async def _write(self, backup: WalletBackup, versions: dict[str, int]) -> int:
-        def item(key: str, value: bytes) -> KeyValue:
-            return KeyValue(key=key, version=versions.get(key, 0), value=value)
+    async def _upload(self, backup: WalletBackup, versions: dict[str, int]) -> int:
+        stale = _stale_pieces(backup, versions)
+        if backup.total_size <= ATOMIC_MAX_BYTES and backup.chunk_count + 3 + len(stale) <= MAX_ITEMS:
+            try:
+                return await self._atomic(backup, versions, stale)
+            except RequestTooLargeError:
+                log.info("the wallet backup (%d bytes) is too large for one request here; uploading it piece by piece",
+                         backup.total_size)
+        return await self._piece_by_piece(backup, versions, stale)
 
-        documents = [
-            item(MANIFEST_KEY, backup.manifest_json()),
-            item(FINGERPRINT_KEY, backup.fingerprint_value()),
-            item(METADATA_KEY, backup.metadata_json()),
-        ]
-        if backup.chunk_count == 1:
-            data = await anyio.to_thread.run_sync(backup.read_chunk, 0)
-            await self._client.put_objects(self._store_id, [item(DATA_KEY, data), *documents])
-        else:
-            for index in range(backup.chunk_count):
-                piece = await anyio.to_thread.run_sync(backup.read_chunk, index)
-                await self._client.put_objects(self._store_id, [item(backup.chunk_key(index), piece)])
-                del piece
-            await self.check_owner()
-            await self._client.put_objects(self._store_id, documents)
+    async def _atomic(self, backup: WalletBackup, versions: dict[str, int], stale: list[KeyValue]) -> int:
+        pieces = [await anyio.to_thread.run_sync(backup.read_chunk, i) for i in range(backup.chunk_count)]
+        items = [_item(backup.chunk_key(i), piece, versions) for i, piece in enumerate(pieces)]
+        items += [_item(key, value, versions) for key, value in backup.documents().items()]
+        await self._put(items, stale)
         return versions.get(MANIFEST_KEY, 0) + 1
 
-    async def _drop_stale(self, backup: WalletBackup, versions: dict[str, int]) -> None:
-        """Delete the pieces the new manifest does not reference; failures only log."""
-        written = {backup.chunk_key(i) for i in range(backup.chunk_count)}
-        stale = [
-            KeyValue(key=key, version=version)
-            for key, version in sorted(versions.items())
-            if (key == DATA_KEY or key.startswith(CHUNK_KEY_PREFIX)) and key not in written
-        ]
-        for batch in _batches(stale, _DELETES_PER_CALL):
+    async def _piece_by_piece(self, backup: WalletBackup, versions: dict[str, int], stale: list[KeyValue]) -> int:
+        overwrites = any(backup.chunk_key(i) in versions for i in range(backup.chunk_count))
+        if overwrites:
+            await anyio.to_thread.run_sync(self._home.set_flag, REMOTE_INCOMPLETE, True)
+        for index in range(backup.chunk_count):
+            piece = await anyio.to_thread.run_sync(backup.read_chunk, index)
+            await self._put([_item(backup.chunk_key(index), piece, versions)])
+            del piece
+        await self._put([_item(key, value, versions) for key, value in backup.documents().items()])
+        await anyio.to_thread.run_sync(self._home.set_flag, REMOTE_INCOMPLETE, False)
+        await self._drop(stale)
+        return versions.get(MANIFEST_KEY, 0) + 1
+
+    async def _drop(self, stale: Sequence[KeyValue]) -> None:
+        """Delete pieces the new manifest does not name; a failure only logs."""
+        for start in range(0, len(stale), _DELETES_PER_CALL):
             try:
-                await self._client.put_objects(self._store_id, delete_items=batch)
+                await self._put([], stale[start : start + _DELETES_PER_CALL])
             except VssError as exc:
-                log.warning("could not delete %d stale wallet backup pieces (%s); the next backup tries again", len(batch), exc)
+                log.warning("could not delete %d stale wallet backup pieces (%s); the next backup tries again",
+                            len(stale) - start, exc)
                 return
 
+    async def _put(self, items: Sequence[KeyValue], deletes: Sequence[KeyValue] = ()) -> None:
+        put = FencedPut(StoreKind.WALLET, items, deletes)
+        await self._guard.send(put)
+        await put.reply.wait()
 
-def _batches(items: Sequence[KeyValue], size: int) -> list[Sequence[KeyValue]]:
-    return [items[i : i + size] for i in range(0, len(items), size)]
+
+def _item(key: str, value: bytes, versions: dict[str, int]) -> KeyValue:
+    return KeyValue(key=key, version=versions.get(key, 0), value=value)
+
+
+def _stale_pieces(backup: WalletBackup, versions: dict[str, int]) -> list[KeyValue]:
+    written = {backup.chunk_key(i) for i in range(backup.chunk_count)}
+    return [
+        KeyValue(key=key, version=version)
+        for key, version in sorted(versions.items())
+        if is_piece_key(key) and key not in written
+    ]

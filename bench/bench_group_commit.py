@@ -57,9 +57,9 @@ async def run(ctx: BenchContext) -> Figure:
                     variants = ("group", "single") if r % 2 == 0 else ("single", "group")
                     for variant in variants:
                         local_writer.MAX_GROUP = default_group if variant == "group" else 1
-                        commits_before = node.metrics()["local_commits_total"]
+                        commits_before = node.metrics.value("local_commits_total")
                         seconds, samples = await _burst(node, writers, total, f"r{r}-{writers}-{variant}")
-                        commits = node.metrics()["local_commits_total"] - commits_before
+                        commits = node.metrics.value("local_commits_total") - commits_before
                         acc = results.setdefault((writers, variant), [0.0, 0, 0, []])
                         acc[0] += seconds
                         acc[1] += len(samples)

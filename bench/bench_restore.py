@@ -51,7 +51,7 @@ import anyio
 import actors.restorer as restorer
 import actors.unlock as unlock
 from actors.ownership_guard import FENCE_KEY
-from actors.supervisor import Node
+from actors import Node
 from figures import Figure, cores, ratio
 from harness import (
     CONNECTIONS_PER_POOL,

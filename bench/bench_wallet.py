@@ -84,7 +84,7 @@ def _wallet_files(size_mib: int) -> list[tuple[str, int]]:
 
 
 async def _phase(args: argparse.Namespace) -> dict:
-    from actors.supervisor import Node
+    from actors import Node
     from node.config import NodeConfig
 
     mnemonic = Path(args.mnemonic_file).read_text().strip()

@@ -44,7 +44,7 @@ import anyio  # noqa: E402
 import httpx  # noqa: E402
 
 import vss.client  # noqa: E402
-from actors.supervisor import Node  # noqa: E402
+from actors import Node  # noqa: E402
 from figures import Figure  # noqa: E402
 from node.config import NodeConfig  # noqa: E402
 from node.keys import NodeKeys, derive_keys, generate_mnemonic  # noqa: E402

@@ -27,6 +27,8 @@ import struct
 
 from nacl.bindings import (
     crypto_aead_xchacha20poly1305_ietf_decrypt as _aead_open,
+)
+from nacl.bindings import (
     crypto_aead_xchacha20poly1305_ietf_encrypt as _aead_seal,
 )
 from nacl.exceptions import CryptoError

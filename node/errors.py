@@ -2,7 +2,9 @@
 
 The API turns any NodeError into `{"error": message, "code": status, "name": name}`;
 the name is the class name, so it is stable as long as the class keeps its name.
-Messages say what happened and what to do about it.
+Messages say what happened and what to do about it. The primitives of this package
+raise these types themselves (a bad key name is `InvalidKey` wherever it is found), so
+no layer translates one error into another.
 """
 
 from __future__ import annotations
@@ -18,19 +20,22 @@ class NodeError(Exception):
         return type(self).__name__
 
 
+# -- 400: the request itself is wrong -----------------------------------------------------
+
+
 class InvalidRequest(NodeError):
     status = 400
 
 
-class InvalidNamespace(NodeError):
+class InvalidNamespace(NodeError, ValueError):
     status = 400
 
 
-class InvalidKey(NodeError):
+class InvalidKey(NodeError, ValueError):
     status = 400
 
 
-class InvalidPath(NodeError):
+class InvalidPath(NodeError, ValueError):
     status = 400
 
 
@@ -42,12 +47,23 @@ class Unauthorized(NodeError):
     status = 401
 
 
-class WrongPassword(NodeError):
+class WrongPassword(NodeError, ValueError):
+    """The sealed mnemonic does not open: a wrong password, or a damaged vault."""
+
     status = 401
+
+
+class ForbiddenOrigin(NodeError):
+    """A browser (or a DNS-rebinding page) tried to reach the API from another site."""
+
+    status = 403
 
 
 class NotFound(NodeError):
     status = 404
+
+
+# -- 409: the node is not in a state to do this ----------------------------------------------
 
 
 class NotInitialized(NodeError):
@@ -78,8 +94,44 @@ class OwnershipLost(NodeError):
     status = 409
 
 
+class StoreDiverged(NodeError):
+    """The VSS store was written by another node since this one last saw it."""
+
+    status = 409
+
+
+class VerifyInProgress(NodeError):
+    status = 409
+
+
+class WalletBackupUnreadable(NodeError):
+    """The server holds a wallet backup this node could not read; uploading over it
+    needs the operator's word."""
+
+    status = 409
+
+
 class ValueTooLarge(NodeError):
     status = 413
+
+
+class UnsupportedMediaType(NodeError):
+    status = 415
+
+
+# -- 5xx: the VSS server, or waiting on it ------------------------------------------------------
+
+
+class RestoreFailed(NodeError):
+    """The restore at unlock could not complete; nothing was made live."""
+
+    status = 502
+
+
+class ReplicationRejected(NodeError):
+    """The VSS server refused this value (too large for it, or invalid); it stays owed."""
+
+    status = 502
 
 
 class VssUnavailable(NodeError):
@@ -88,7 +140,7 @@ class VssUnavailable(NodeError):
     status = 503
 
 
-class RestoreFailed(NodeError):
-    """The restore at unlock could not complete; nothing was made live."""
+class ReplicationTimeout(NodeError):
+    """A durability=remote write is committed locally but did not reach VSS in time."""
 
-    status = 502
+    status = 504

@@ -14,18 +14,14 @@ from __future__ import annotations
 
 import re
 
+from node.errors import InvalidKey, InvalidNamespace
+
+__all__ = ["InvalidKey", "InvalidNamespace", "from_vss_key", "to_vss_key", "validate"]
+
 MAX_PART_LEN = 120
 EMPTY_NAMESPACE = "_"
 _SEPARATOR = "/"
 _ALPHABET = re.compile(r"[A-Za-z0-9_-]*")
-
-
-class InvalidNamespace(ValueError):
-    """A primary or secondary namespace that the KV store does not accept."""
-
-
-class InvalidKey(ValueError):
-    """A key (or an encoded VSS key) that the KV store does not accept."""
 
 
 def _shown(text: str, limit: int = 80) -> str:

@@ -3,7 +3,8 @@
 `init` seals the mnemonic into a small blob kept in the data dir; `unlock` opens it.
 The key comes from the password through argon2id (PyNaCl) and seals with SecretBox
 (XSalsa20-Poly1305). The blob describes itself, so the cost parameters can change
-later without breaking old data dirs:
+later without breaking old data dirs (new vaults use PyNaCl's MODERATE limits, about
+a second and 256 MiB; a vault sealed with other limits opens with its own):
 
     version (1 byte, 0x01) || opslimit (uint32 BE) || memlimit (uint64 BE)
     || salt (16 bytes) || SecretBox output (nonce 24 || tag 16 || ciphertext)
@@ -23,9 +24,13 @@ import nacl.secret
 import nacl.utils
 from nacl.exceptions import CryptoError
 
+from node.errors import InvalidRequest, WrongPassword
+
 VAULT_VERSION = 1
-DEFAULT_OPSLIMIT = argon2id.OPSLIMIT_INTERACTIVE
-DEFAULT_MEMLIMIT = argon2id.MEMLIMIT_INTERACTIVE
+DEFAULT_OPSLIMIT = argon2id.OPSLIMIT_MODERATE
+DEFAULT_MEMLIMIT = argon2id.MEMLIMIT_MODERATE
+FAST_LIMITS = (argon2id.OPSLIMIT_INTERACTIVE, argon2id.MEMLIMIT_INTERACTIVE)
+"""Cheaper limits for test suites (NodeConfig.vault_limits); never the CLI's."""
 # Bounds on what a blob may ask for, so a damaged header cannot demand terabytes.
 _OPSLIMIT_RANGE = (argon2id.OPSLIMIT_MIN, argon2id.OPSLIMIT_SENSITIVE)
 _MEMLIMIT_RANGE = (argon2id.MEMLIMIT_MIN, argon2id.MEMLIMIT_SENSITIVE)
@@ -34,15 +39,14 @@ _header = struct.Struct(f">BIQ{argon2id.SALTBYTES}s")
 _MIN_BOX = nacl.secret.SecretBox.NONCE_SIZE + nacl.secret.SecretBox.MACBYTES
 
 
-class WrongPassword(ValueError):
-    """The sealed mnemonic does not open: wrong password, or the file is damaged."""
-
-
 def _password_bytes(password: str) -> bytes:
     if not isinstance(password, str):
-        raise TypeError("password must be a string")
+        raise InvalidRequest("the password must be a string")
     # NFKC so the same password typed through different input methods gives one key.
-    return unicodedata.normalize("NFKC", password).encode("utf-8")
+    try:
+        return unicodedata.normalize("NFKC", password).encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate such as "\ud800" (JSON allows it)
+        raise InvalidRequest("the password is not valid Unicode text (it holds a lone surrogate)") from None
 
 
 def _limits_ok(opslimit: int, memlimit: int) -> bool:

@@ -61,7 +61,7 @@ class Owed:
 
 
 @dataclass(frozen=True)
-class Write:
+class LocalChange:
     """One change for `apply_writes`: a value to store, or None to delete the key."""
 
     triple: Triple
@@ -169,7 +169,34 @@ class LocalStore:
 
     def has_state(self) -> bool:
         with self._reader() as conn:
-            return conn.execute("SELECT EXISTS (SELECT 1 FROM kv)").fetchone()[0] == 1
+            return bool(conn.execute("SELECT EXISTS (SELECT 1 FROM kv)").fetchone()[0] == 1)
+
+    def key_sets(self) -> tuple[set[Triple], set[Triple]]:
+        """(every local key, every owed key), read in one snapshot."""
+        with self._reader() as conn:
+            conn.execute("BEGIN")
+            try:
+                local = {(p, s, k) for p, s, k in conn.execute("SELECT primary_ns, secondary_ns, key FROM kv")}
+                owed = {(p, s, k) for p, s, k in conn.execute("SELECT primary_ns, secondary_ns, key FROM unsynced")}
+            finally:
+                conn.execute("COMMIT")
+        return local, owed
+
+    def get_many(self, triples: Iterable[Triple]) -> dict[Triple, bytes]:
+        """The values of those keys that exist, read in one snapshot."""
+        found: dict[Triple, bytes] = {}
+        with self._reader() as conn:
+            conn.execute("BEGIN")
+            try:
+                for triple in triples:
+                    row = conn.execute(
+                        "SELECT value FROM kv WHERE primary_ns = ? AND secondary_ns = ? AND key = ?", triple
+                    ).fetchone()
+                    if row is not None:
+                        found[triple] = bytes(row[0])
+            finally:
+                conn.execute("COMMIT")
+        return found
 
     # -- the write path (local-writer only) -----------------------------------------------
 
@@ -178,7 +205,7 @@ class LocalStore:
         row = self._writer.execute("SELECT COALESCE(MAX(seq), 0) FROM unsynced").fetchone()
         return row[0] + 1
 
-    def apply_writes(self, writes: Sequence[Write], first_seq: int, *, track_unsynced: bool) -> None:
+    def apply_writes(self, writes: Sequence[LocalChange], first_seq: int, *, track_unsynced: bool) -> None:
         """Commit a group of writes in one durable transaction, with their markers.
 
         Write i of the group gets seq `first_seq + i`; when a key is written more than
@@ -206,32 +233,49 @@ class LocalStore:
                     [(*t, seq, now) for t, (_, seq) in final.items()],
                 )
 
-    def clear_markers(self, sent: Iterable[tuple[Triple, int]]) -> None:
-        """Forget markers whose change reached the server, unless changed again since.
+    def apply_bookkeeping(self, cleared: Iterable[tuple[Triple, int]], settings: dict[str, bytes]) -> None:
+        """Forget markers whose change reached the server (unless changed again since),
+        and record bookkeeping settings (such as the store's global version), together.
 
         Committed without an fsync of its own (the next durable commit carries it):
-        losing a clear in a crash only means re-sending a value the server already has,
-        and an fsync per replicated batch would slow down the local writes behind it.
+        losing this in a crash only means re-sending values the server already has, and
+        an fsync per replicated batch would slow down the local writes behind it.
         """
         self._writer.execute("PRAGMA synchronous = NORMAL")
         try:
             with self._transaction() as conn:
                 conn.executemany(
                     "DELETE FROM unsynced WHERE primary_ns = ? AND secondary_ns = ? AND key = ? AND seq = ?",
-                    [(*triple, seq) for triple, seq in sent],
+                    [(*triple, seq) for triple, seq in cleared],
                 )
+                conn.executemany("INSERT OR REPLACE INTO settings (name, value) VALUES (?, ?)", list(settings.items()))
         finally:
             self._writer.execute("PRAGMA synchronous = FULL")
 
     def mark_all_unsynced(self, first_seq: int) -> int:
-        """Owe every local key to the server (VSS enabled on a node that has state)."""
+        """Owe every local key to the server (VSS newly enabled, an emptied store, or a
+        divergence the operator accepted). Returns how many keys became owed; their seqs
+        are taken from `first_seq` on, so the writer continues from `next_seq()`."""
         with self._transaction() as conn:
             conn.execute(
                 "INSERT OR IGNORE INTO unsynced (primary_ns, secondary_ns, key, seq, since) "
-                "SELECT primary_ns, secondary_ns, key, ? + ROW_NUMBER() OVER (), ? FROM kv",
+                "SELECT primary_ns, secondary_ns, key, ? + ROW_NUMBER() OVER () - 1, ? FROM kv",
                 (first_seq, time.time()),
             )
-            return conn.execute("SELECT changes()").fetchone()[0]
+            return int(conn.execute("SELECT changes()").fetchone()[0])
+
+    def mark_unsynced(self, triples: Sequence[Triple], first_seq: int) -> int:
+        """Owe these keys (found missing on the server) again, keeping markers that exist.
+        Returns how many markers were added; their seqs are taken from `first_seq` on, so
+        the writer continues from `next_seq()`."""
+        now = time.time()
+        with self._transaction() as conn:
+            before = conn.total_changes
+            conn.executemany(
+                "INSERT OR IGNORE INTO unsynced (primary_ns, secondary_ns, key, seq, since) VALUES (?, ?, ?, ?, ?)",
+                [(*triple, first_seq + i, now) for i, triple in enumerate(triples)],
+            )
+            return conn.total_changes - before
 
     # -- what is owed to the server --------------------------------------------------------
 

@@ -1,103 +1,56 @@
-"""The wallet stream's backup format: the wallet directory as one encrypted zip.
+"""The wallet directory as one encrypted zip: building a backup, and restoring one.
 
-Building a backup (docs/FORMAT.md, "Wallet stream"): the directory is
-zipped with Deflate under a top-level folder named by the wallet's fingerprint, and
-the zip is sealed with STREAM under `HKDF(salt32, signing key, WALLET_INFO)` and a
-random 19-byte nonce prefix. The zip is written straight through the encryptor into
-one temp file, so a large wallet costs its size on disk once and a few MiB of memory;
-the uploader then reads it back one `CHUNK_SIZE` piece at a time. On the server:
-
-    backup/data        the ciphertext when it is at most 1 MiB (chunk_count = 1)
-    backup/chunk/{i}   1 MiB pieces of a larger ciphertext
-    backup/manifest    manifest_json()    backup/metadata   metadata_json()
-    backup/fingerprint the fingerprint, UTF-8
+Building: the directory is zipped with Deflate under a top-level folder named by the
+wallet's fingerprint, and the zip is sealed with STREAM under `HKDF(salt32, signing
+key, WALLET_INFO)` and a random 19-byte nonce prefix. The zip is written straight
+through the encryptor into one temp file, so a large wallet costs its size on disk once
+and a few MiB of memory; the uploader then reads it back one piece at a time. What the
+server holds, and under which keys, is `node.wallet_format`.
 
 Restoring decrypts the pieces as they arrive into a temp zip, and only once the whole
 stream has authenticated unpacks it into a staging directory beside the destination,
 fsyncs it and renames it into place: the destination either appears complete or not
 at all. Member paths are checked before anything is written, so a zip cannot place
-files outside the wallet folder.
+files outside the wallet folder; every file restored is 0600, every folder 0700.
 
 Everything here blocks on disk and CPU: callers run it in a worker thread.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import re
 import shutil
 import stat
 import tempfile
 import zipfile
 import zlib
-from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import BinaryIO
 
-from node.crypto import (
-    PREFIX_SIZE,
-    SALT_SIZE,
-    TAG_SIZE,
-    StreamDecryptor,
-    StreamEncryptor,
-    stream_decrypt,
-    stream_encrypt,
-    wallet_key,
+from node.crypto import PREFIX_SIZE, SALT_SIZE, StreamDecryptor, StreamEncryptor, wallet_key
+from node.durable import PRIVATE_DIR_MODE, PRIVATE_FILE_MODE, fsync_dir, make_private_dirs
+from node.wallet_format import (
+    CHUNK_SIZE,
+    FINGERPRINT_KEY,
+    MANIFEST_KEY,
+    METADATA_KEY,
+    CorruptBackup,
+    Manifest,
+    check_fingerprint,
+    chunk_count_for,
+    chunk_key,
+    fingerprint_document,
+    manifest_document,
+    metadata_document,
 )
 
-CHUNK_SIZE = 1024 * 1024
-FORMAT_VERSION = 1
-
-MANIFEST_KEY = "backup/manifest"
-METADATA_KEY = "backup/metadata"
-FINGERPRINT_KEY = "backup/fingerprint"
-DATA_KEY = "backup/data"
-CHUNK_KEY_PREFIX = "backup/chunk/"
-
-_FINGERPRINT = re.compile(r"[0-9a-f]{8}")
 _COPY_BLOCK = 1024 * 1024
-
-
-class CorruptBackup(ValueError):
-    """A backup on the server is malformed, incomplete or unsafe to unpack."""
 
 
 class UnsupportedWalletEntry(ValueError):
     """The wallet directory holds something a backup cannot carry (a symlink, a device)."""
-
-
-def check_fingerprint(fingerprint: str) -> str:
-    """Return `fingerprint` if it is 8 lower-case hex characters, else raise ValueError."""
-    if not isinstance(fingerprint, str) or not _FINGERPRINT.fullmatch(fingerprint):
-        raise ValueError(
-            f"wallet fingerprint must be 8 lower-case hex characters, got {fingerprint!r}"
-        )
-    return fingerprint
-
-
-def chunk_count_for(total_size: int) -> int:
-    """How many server pieces a ciphertext of `total_size` bytes is written as."""
-    return max(1, -(-total_size // CHUNK_SIZE))
-
-
-def chunk_key(index: int, chunk_count: int) -> str:
-    """The VSS key of piece `index` of a backup of `chunk_count` pieces."""
-    if not 0 <= index < chunk_count:
-        raise IndexError(f"chunk {index} out of range for a backup of {chunk_count} chunks")
-    return DATA_KEY if chunk_count == 1 else f"{CHUNK_KEY_PREFIX}{index}"
-
-
-def encrypt_wallet_blob(signing_key: bytes, plaintext: bytes, salt: bytes, prefix: bytes) -> bytes:
-    """Seal a whole wallet zip held in memory (small wallets, test vectors)."""
-    return stream_encrypt(wallet_key(signing_key, salt), prefix, plaintext)
-
-
-def decrypt_wallet_blob(signing_key: bytes, ciphertext: bytes, salt: bytes, prefix: bytes) -> bytes:
-    """Open a whole wallet ciphertext held in memory; raises DecryptionError."""
-    return stream_decrypt(wallet_key(signing_key, salt), prefix, ciphertext)
 
 
 # ---------------------------------------------------------------------------- building
@@ -129,32 +82,17 @@ class WalletBackup:
             source.seek(index * CHUNK_SIZE)
             return source.read(CHUNK_SIZE)
 
-    def iter_chunks(self) -> Iterator[bytes]:
-        """The ciphertext in order, CHUNK_SIZE bytes at a time (the last one shorter)."""
-        with open(self.ciphertext_path, "rb") as source:
-            while piece := source.read(CHUNK_SIZE):
-                yield piece
+    @property
+    def manifest(self) -> Manifest:
+        return Manifest(self.chunk_count, self.total_size)
 
-    def manifest_json(self) -> bytes:
-        """The value of `backup/manifest`."""
-        return json.dumps(
-            {
-                "chunk_count": self.chunk_count,
-                "total_size": self.total_size,
-                "encrypted": True,
-                "version": FORMAT_VERSION,
-            }
-        ).encode()
-
-    def metadata_json(self) -> bytes:
-        """The value of `backup/metadata`."""
-        return json.dumps(
-            {"salt": self.salt.hex(), "nonce": self.prefix.hex(), "version": FORMAT_VERSION}
-        ).encode()
-
-    def fingerprint_value(self) -> bytes:
-        """The value of `backup/fingerprint`."""
-        return self.fingerprint.encode()
+    def documents(self) -> dict[str, bytes]:
+        """The values of `backup/manifest`, `backup/metadata` and `backup/fingerprint`."""
+        return {
+            MANIFEST_KEY: manifest_document(self.manifest),
+            METADATA_KEY: metadata_document(self.salt, self.prefix),
+            FINGERPRINT_KEY: fingerprint_document(self.fingerprint),
+        }
 
     def discard(self) -> None:
         """Delete the ciphertext temp file (idempotent)."""
@@ -216,7 +154,7 @@ def build_backup(
     if not wallet_dir.is_dir():
         raise FileNotFoundError(f"wallet directory {wallet_dir} does not exist")
     work_dir = Path(work_dir)
-    work_dir.mkdir(parents=True, exist_ok=True)
+    make_private_dirs(work_dir)
     salt = os.urandom(SALT_SIZE)
     prefix = os.urandom(PREFIX_SIZE)
     encryptor = StreamEncryptor(wallet_key(signing_key, salt), prefix)
@@ -247,78 +185,6 @@ def build_backup(
     )
 
 
-# ------------------------------------------------------------------- server documents
-
-
-def _json_object(data: bytes, what: str) -> dict:
-    try:
-        value = json.loads(data)
-    except (ValueError, TypeError):
-        raise CorruptBackup(f"{what} is not valid JSON") from None
-    if not isinstance(value, dict):
-        raise CorruptBackup(f"{what} is not a JSON object")
-    return value
-
-
-def _int_field(doc: dict, field: str, what: str, minimum: int) -> int:
-    value = doc.get(field)
-    if type(value) is not int or value < minimum:
-        raise CorruptBackup(
-            f"{what} field {field!r} must be an integer >= {minimum}, got {value!r}"
-        )
-    return value
-
-
-def _check_version(doc: dict, what: str) -> None:
-    version = doc.get("version")
-    if type(version) is not int or version != FORMAT_VERSION:
-        raise CorruptBackup(
-            f"{what} has version {version!r}; this node reads version {FORMAT_VERSION}"
-        )
-
-
-def _hex_field(doc: dict, field: str, what: str, size: int) -> bytes:
-    value = doc.get(field)
-    if not isinstance(value, str) or not re.fullmatch(f"[0-9a-fA-F]{{{2 * size}}}", value):
-        raise CorruptBackup(f"{what} field {field!r} must be {size} bytes of hex")
-    return bytes.fromhex(value)
-
-
-def parse_manifest(data: bytes) -> tuple[int, int]:
-    """`(chunk_count, total_size)` from a `backup/manifest` value; raises CorruptBackup."""
-    doc = _json_object(data, "backup manifest")
-    _check_version(doc, "backup manifest")
-    if doc.get("encrypted") is not True:
-        raise CorruptBackup(
-            "backup manifest says the backup is not encrypted; only encrypted backups are read"
-        )
-    chunk_count = _int_field(doc, "chunk_count", "backup manifest", 1)
-    total_size = _int_field(doc, "total_size", "backup manifest", TAG_SIZE)
-    if chunk_count > total_size:
-        raise CorruptBackup(
-            f"backup manifest lists {chunk_count} chunks for only {total_size} bytes"
-        )
-    return chunk_count, total_size
-
-
-def parse_metadata(data: bytes) -> tuple[bytes, bytes]:
-    """`(salt, prefix)` from a `backup/metadata` value; raises CorruptBackup."""
-    doc = _json_object(data, "backup metadata")
-    _check_version(doc, "backup metadata")
-    return (
-        _hex_field(doc, "salt", "backup metadata", SALT_SIZE),
-        _hex_field(doc, "nonce", "backup metadata", PREFIX_SIZE),
-    )
-
-
-def parse_fingerprint(data: bytes) -> str:
-    """The fingerprint from a `backup/fingerprint` value; raises CorruptBackup."""
-    try:
-        return check_fingerprint(data.decode("utf-8").strip().lower())
-    except (UnicodeDecodeError, ValueError):
-        raise CorruptBackup("backup fingerprint is not 8 hex characters") from None
-
-
 # ---------------------------------------------------------------------------- restoring
 
 
@@ -335,14 +201,6 @@ def _member_parts(name: str, fingerprint: str) -> tuple[str, ...]:
     if not rest and not name.endswith("/"):
         raise CorruptBackup(f"backup member {name!r} is a file in place of the wallet folder")
     return rest
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _unpack(zip_path: Path, fingerprint: str, root: Path) -> None:
@@ -366,10 +224,11 @@ def _unpack(zip_path: Path, fingerprint: str, root: Path) -> None:
                         f"backup member {info.filename!r} escapes the wallet folder"
                     )
                 if info.is_dir():
-                    target.mkdir(parents=True, exist_ok=True)
+                    make_private_dirs(target)
                     continue
-                target.parent.mkdir(parents=True, exist_ok=True)
-                with archive.open(info) as source, open(target, "xb") as out:
+                make_private_dirs(target.parent)
+                fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, PRIVATE_FILE_MODE)
+                with archive.open(info) as source, os.fdopen(fd, "wb") as out:
                     shutil.copyfileobj(source, out, _COPY_BLOCK)
                     out.flush()
                     os.fsync(out.fileno())
@@ -384,7 +243,7 @@ def _unpack(zip_path: Path, fingerprint: str, root: Path) -> None:
             f"backup member {member!r} clashes with another member ({error.strerror})"
         ) from None
     for current, _dirs, _files in os.walk(root, topdown=False):
-        _fsync_dir(Path(current))
+        fsync_dir(Path(current))
 
 
 class WalletRestore:
@@ -423,7 +282,7 @@ class WalletRestore:
         self._received = 0
         self._decryptor = StreamDecryptor(wallet_key(signing_key, salt), prefix)
         work_dir = Path(work_dir)
-        work_dir.mkdir(parents=True, exist_ok=True)
+        make_private_dirs(work_dir)
         fd, name = tempfile.mkstemp(prefix="wallet-restore-", suffix=".zip", dir=work_dir)
         self._zip_path = Path(name)
         self._zip_file = os.fdopen(fd, "wb")
@@ -461,14 +320,14 @@ class WalletRestore:
 
     def _install(self) -> None:
         parent = self._dest_dir.parent
-        parent.mkdir(parents=True, exist_ok=True)
+        make_private_dirs(parent)
         staging = Path(tempfile.mkdtemp(prefix=f".{self._dest_dir.name}.restore-", dir=parent))
         try:
             root = staging / self._fingerprint
-            root.mkdir()
+            root.mkdir(PRIVATE_DIR_MODE)
             _unpack(self._zip_path, self._fingerprint, root)
             os.rename(root, self._dest_dir)
-            _fsync_dir(parent)
+            fsync_dir(parent)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
 
@@ -489,27 +348,3 @@ class WalletRestore:
     ) -> None:
         if not self._closed:
             self.abort()
-
-
-def restore_backup(
-    chunks: Iterable[bytes],
-    salt: bytes,
-    prefix: bytes,
-    signing_key: bytes,
-    fingerprint: str,
-    dest_dir: Path,
-    work_dir: Path,
-    *,
-    total_size: int | None = None,
-) -> None:
-    """Restore a backup from its ciphertext pieces, in order, into `dest_dir`.
-
-    `total_size` (the manifest's) is checked when given. See WalletRestore for the
-    guarantees and errors.
-    """
-    with WalletRestore(
-        salt, prefix, signing_key, fingerprint, dest_dir, work_dir, total_size=total_size
-    ) as restore:
-        for chunk in chunks:
-            restore.feed(chunk)
-        restore.finish()

@@ -15,8 +15,12 @@ the ones a crash left behind. Deleting a file also removes the folders it leaves
 so the directory always mirrors its set of files.
 
 `WalletHome` says where one wallet lives in the data dir (`wallet/<fingerprint>/`), where
-its backups are built (`wallet/.work/`), and keeps the durable "backup required" marker
-beside it (never inside it, so it is not backed up itself).
+its backups are built (`wallet/.work/`), and keeps the wallet stream's durable markers
+beside it (never inside it, so they are not backed up themselves): "backup required"
+(the server lacks a change), "remote incomplete" (a piece-by-piece upload is under way:
+the server's backup does not restore until it ends) and "remote unreadable" (the
+server's backup could not be read at a restore; nothing is uploaded over it until the
+operator says so).
 
 Everything here blocks on the disk: the actors call it from worker threads.
 """
@@ -32,14 +36,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from node.durable import PRIVATE_DIR_MODE, PRIVATE_FILE_MODE, fsync_dir, make_private_dirs
 from node.errors import InvalidPath, NotFound
 
 TEMP_PREFIX = ".vssnode-tmp-"
 MAX_PATH_BYTES = 4096
 MAX_NAME_BYTES = 255
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-_DIR_MODE = 0o700
-_FILE_MODE = 0o600
 
 
 def split_path(path: str) -> tuple[str, ...]:
@@ -101,7 +104,7 @@ class _OpenDirs:
     def create_missing(self) -> None:
         """Create the missing folders, each made durable in its parent."""
         for part in self.missing:
-            os.mkdir(part, _DIR_MODE, dir_fd=self.parent)
+            os.mkdir(part, PRIVATE_DIR_MODE, dir_fd=self.parent)
             os.fsync(self.parent)
             self.fds.append(os.open(part, _DIR_FLAGS, dir_fd=self.parent))
         self.missing = ()
@@ -171,7 +174,8 @@ def write_file(root: Path, path: str, data: bytes, before_commit: Callable[[], N
             before_commit()
         dirs.create_missing()
         temp = f"{TEMP_PREFIX}{secrets.token_hex(8)}"
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, _FILE_MODE, dir_fd=dirs.parent)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        fd = os.open(temp, flags, PRIVATE_FILE_MODE, dir_fd=dirs.parent)
         try:
             with os.fdopen(fd, "wb") as out:
                 out.write(data)
@@ -252,17 +256,14 @@ def remove_temp_files(root: Path) -> int:
     return removed
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+BACKUP_REQUIRED = "backup-required"
+REMOTE_INCOMPLETE = "remote-incomplete"
+REMOTE_UNREADABLE = "remote-unreadable"
 
 
 @dataclass(frozen=True)
 class WalletHome:
-    """Where the wallet of one fingerprint lives in a data dir, and its backup marker."""
+    """Where the wallet of one fingerprint lives in a data dir, and its durable markers."""
 
     data_dir: Path
     fingerprint: str
@@ -286,41 +287,43 @@ class WalletHome:
         """A restored wallet waiting to be put in place (a leftover if found at unlock)."""
         return self.parent / f".{self.fingerprint}.restore-staged"
 
-    @property
-    def marker(self) -> Path:
-        """Present while the wallet has changes the server does not have."""
-        return self.parent / f".{self.fingerprint}.backup-required"
+    def _marker(self, name: str) -> Path:
+        return self.parent / f".{self.fingerprint}.{name}"
 
     def exists(self) -> bool:
         return self.root.is_dir()
 
     def create_empty(self) -> None:
         """Create the wallet directory (empty) durably, if it is not there."""
-        self.root.mkdir(mode=_DIR_MODE, parents=True, exist_ok=True)
-        _fsync_dir(self.parent)
+        make_private_dirs(self.root)
+        fsync_dir(self.parent)
 
     def install_staged(self) -> None:
         """Rename the staged restore into place, durably."""
         os.rename(self.staged, self.root)
-        _fsync_dir(self.parent)
+        fsync_dir(self.parent)
 
-    def backup_required(self) -> bool:
-        return self.marker.exists()
+    # -- the durable markers: present means true -----------------------------------------
 
-    def mark_backup_required(self) -> None:
-        """Make "the server lacks a change" durable (before the change is made)."""
-        self.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.marker, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, _FILE_MODE)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        _fsync_dir(self.parent)
+    def flag(self, name: str) -> bool:
+        """Whether marker `name` (BACKUP_REQUIRED, REMOTE_INCOMPLETE, REMOTE_UNREADABLE) is set."""
+        return self._marker(name).exists()
 
-    def clear_backup_required(self) -> None:
-        if self.marker.exists():
-            self.marker.unlink(missing_ok=True)
-            _fsync_dir(self.parent)
+    def set_flag(self, name: str, value: bool) -> None:
+        """Set or clear a marker durably (the folder entry is fsynced either way)."""
+        path = self._marker(name)
+        if value == path.exists():
+            return
+        if value:
+            make_private_dirs(self.parent)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, PRIVATE_FILE_MODE)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        else:
+            path.unlink(missing_ok=True)
+        fsync_dir(self.parent)
 
     def remove_leftovers(self) -> None:
         """Drop what an interrupted build or restore left: work files, restore staging."""

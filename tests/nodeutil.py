@@ -13,7 +13,7 @@ import anyio
 import httpx
 
 from actors.ownership_guard import FENCE_KEY
-from actors.supervisor import Node
+from actors import Node
 from node.config import NodeConfig
 from node import crypto, kv_keys
 from node.keys import NodeKeys

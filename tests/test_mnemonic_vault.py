@@ -7,7 +7,8 @@ import struct
 import nacl.pwhash.argon2id as argon2id
 import pytest
 
-from node.mnemonic_vault import WrongPassword, open_mnemonic, seal_mnemonic
+from node.errors import InvalidRequest, WrongPassword
+from node.mnemonic_vault import open_mnemonic, seal_mnemonic
 
 MNEMONIC = (
     "legal winner thank year wave sausage worth useful legal winner thank year wave "
@@ -17,13 +18,27 @@ MNEMONIC = (
 FAST = {"opslimit": argon2id.OPSLIMIT_MIN, "memlimit": argon2id.MEMLIMIT_MIN}
 
 
-def test_round_trip_with_default_limits():
+def test_new_vaults_use_at_least_the_moderate_limits():
     blob = seal_mnemonic(MNEMONIC, "correct horse")
     assert blob[0] == 1
     _, opslimit, memlimit = struct.unpack_from(">BIQ", blob)
-    assert (opslimit, memlimit) == (argon2id.OPSLIMIT_INTERACTIVE, argon2id.MEMLIMIT_INTERACTIVE)
+    assert opslimit >= argon2id.OPSLIMIT_MODERATE and memlimit >= argon2id.MEMLIMIT_MODERATE
     assert MNEMONIC.encode() not in blob
     assert open_mnemonic(blob, "correct horse") == MNEMONIC
+
+
+def test_a_vault_sealed_with_the_old_interactive_limits_still_opens():
+    """Data dirs initialised before the limits went up keep opening with their own."""
+    blob = seal_mnemonic(MNEMONIC, "pw", opslimit=argon2id.OPSLIMIT_INTERACTIVE, memlimit=argon2id.MEMLIMIT_INTERACTIVE)
+    assert open_mnemonic(blob, "pw") == MNEMONIC
+
+
+def test_a_password_with_a_lone_surrogate_is_a_bad_request_not_a_crash():
+    with pytest.raises(InvalidRequest):
+        seal_mnemonic(MNEMONIC, "\ud800", **FAST)
+    blob = seal_mnemonic(MNEMONIC, "pw", **FAST)
+    with pytest.raises(InvalidRequest):
+        open_mnemonic(blob, "x\udfffy")
 
 
 def test_each_seal_is_fresh():

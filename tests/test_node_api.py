@@ -10,6 +10,7 @@ import pytest
 
 from vssnode.http_api import create_app
 from node.config import NodeConfig
+from node.mnemonic_vault import FAST_LIMITS
 from nodeutil import MNEMONIC_A
 
 pytestmark = pytest.mark.anyio
@@ -20,8 +21,11 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
+JSON = {"Content-Type": "application/json"}
+
+
 def make_app(tmp_path: Path, **kwargs: object):
-    return create_app(NodeConfig(data_dir=tmp_path / "node", **kwargs))
+    return create_app(NodeConfig(data_dir=tmp_path / "node", vault_limits=FAST_LIMITS, **kwargs))
 
 
 async def assert_error(response, status: int, name: str) -> dict:
@@ -109,7 +113,7 @@ async def test_bad_keys_are_refused(tmp_path, key):
 
 
 async def test_oversized_value_is_413_and_not_stored(tmp_path):
-    app = create_app(NodeConfig(data_dir=tmp_path / "node", max_value_bytes=1024))
+    app = create_app(NodeConfig(data_dir=tmp_path / "node", max_value_bytes=1024, vault_limits=FAST_LIMITS))
     async with app.test_app() as test_app:
         client = test_app.test_client()
         await unlocked(client)
@@ -126,7 +130,7 @@ async def test_malformed_lifecycle_bodies_are_400(tmp_path, body):
     app = make_app(tmp_path)
     async with app.test_app() as test_app:
         client = test_app.test_client()
-        await assert_error(await client.post("/init", data=body), 400, "InvalidRequest")
+        await assert_error(await client.post("/init", data=body, headers=JSON), 400, "InvalidRequest")
         assert (await (await client.get("/nodeinfo")).get_json())["state"] == "uninitialized"
 
 
@@ -177,16 +181,16 @@ async def test_metrics_and_openapi(tmp_path):
         for i in range(5):
             await client.put(f"/kv/k{i}", data=b"v")
         text = (await (await client.get("/metrics")).get_data()).decode()
-        assert "\nvssnode_running 1\n" in text and "# TYPE vssnode_local_commits_total counter" in text
+        assert "\nvssnode_running 1.0\n" in text and "# TYPE vssnode_local_commits_total counter" in text
         spec = await (await client.get("/openapi.json")).get_json()
         assert spec["openapi"].startswith("3.") and "/kv/{key}" in spec["paths"]
 
 
 async def test_network_mismatch_is_refused(tmp_path):
     from node.config import ConfigError
-    from actors.supervisor import Node
+    from actors import Node
 
-    async with Node.open(NodeConfig(data_dir=tmp_path / "n", network="regtest")) as node:
+    async with Node.open(NodeConfig(data_dir=tmp_path / "n", network="regtest", vault_limits=FAST_LIMITS)) as node:
         await node.init("pw", MNEMONIC_A)
     with pytest.raises(ConfigError, match="regtest"):
         Node(NodeConfig(data_dir=tmp_path / "n", network="mainnet"))
@@ -196,4 +200,4 @@ async def test_json_body_that_is_not_utf8_is_400(tmp_path):
     app = make_app(tmp_path)
     async with app.test_app() as test_app:
         client = test_app.test_client()
-        await assert_error(await client.post("/init", data=b"\xff\xfe{}"), 400, "InvalidRequest")
+        await assert_error(await client.post("/init", data=b"\xff\xfe{}", headers=JSON), 400, "InvalidRequest")

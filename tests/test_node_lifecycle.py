@@ -6,9 +6,10 @@ from __future__ import annotations
 import anyio
 import pytest
 
-from actors.supervisor import Node, NodeState
+from actors import Node, NodeState
 from node import errors
 from node.config import NodeConfig
+from node.mnemonic_vault import FAST_LIMITS
 from nodeutil import MNEMONIC_A
 
 pytestmark = pytest.mark.anyio
@@ -20,16 +21,16 @@ def anyio_backend() -> str:
 
 
 async def test_concurrent_writes_share_transactions_and_survive_a_restart(tmp_path):
-    cfg = NodeConfig(data_dir=tmp_path / "n")
+    cfg = NodeConfig(data_dir=tmp_path / "n", vault_limits=FAST_LIMITS)
     async with Node.open(cfg) as node:
         await node.init("pw", MNEMONIC_A)
         await node.unlock("pw")
         async with anyio.create_task_group() as tg:
             for i in range(200):
                 tg.start_soon(node.put, "ns", "", f"k{i}", b"%d" % i)
-        commits = node.metrics()["local_commits_total"]
+        commits = node.metrics.value("local_commits_total")
         assert 1 <= commits < 200  # group commit: fewer transactions than writes
-        assert node.metrics()["pending_kv_writes"] == 0  # VSS off: no markers at all
+        assert node.metrics.value("pending_kv_writes") == 0  # VSS off: no markers at all
     async with Node.open(cfg) as node:
         assert node.state is NodeState.LOCKED
         await node.unlock("pw")
@@ -40,7 +41,7 @@ async def test_concurrent_writes_share_transactions_and_survive_a_restart(tmp_pa
 async def test_lock_during_writes_answers_every_writer(tmp_path):
     """Every write racing a lock either committed (and is there afterwards) or was
     refused with NodeLocked; none is left waiting."""
-    cfg = NodeConfig(data_dir=tmp_path / "n")
+    cfg = NodeConfig(data_dir=tmp_path / "n", vault_limits=FAST_LIMITS)
     outcomes: dict[str, str] = {}
 
     async def writer(node: Node, key: str) -> None:
@@ -65,7 +66,7 @@ async def test_lock_during_writes_answers_every_writer(tmp_path):
 
 
 async def test_wrong_state_calls_are_refused(tmp_path):
-    async with Node.open(NodeConfig(data_dir=tmp_path / "n")) as node:
+    async with Node.open(NodeConfig(data_dir=tmp_path / "n", vault_limits=FAST_LIMITS)) as node:
         with pytest.raises(errors.NotInitialized):
             await node.unlock("pw")
         with pytest.raises(errors.NotInitialized):

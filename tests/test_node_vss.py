@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from actors.supervisor import Node, NodeState
+from actors import Node, NodeState
 from node import crypto, errors
 from node.config import NodeConfig
+from node.mnemonic_vault import FAST_LIMITS
 from node.keys import derive_keys, generate_mnemonic
 from vss.errors import NoSuchKeyError
 from vss.proto.vss_pb2 import KeyValue
@@ -28,7 +29,7 @@ def anyio_backend() -> str:
 
 
 def config(data_dir: Path, url: str, **kwargs: object) -> NodeConfig:
-    return NodeConfig(data_dir=data_dir, vss_url=url, **kwargs)
+    return NodeConfig(data_dir=data_dir, vss_url=url, vault_limits=FAST_LIMITS, **kwargs)
 
 
 async def pending(node: Node) -> int:
@@ -90,7 +91,10 @@ async def test_fresh_data_dir_restores_every_key(tmp_path, vss_server):
         await new.unlock("another password")
         assert new.store.all_items() == written
         info = new.info()
-        assert info["restore"] == {"keys_done": len(written), "bytes_done": sum(map(len, written.values())), "finished": True}
+        assert info["restore"] == {
+            "keys_listed": len(written), "listing_done": True,
+            "keys_done": len(written), "bytes_done": sum(map(len, written.values())), "finished": True,
+        }
         # the restored node replicates its new writes
         await new.put("ns", "", "after", b"x")
         await wait_for(lambda: _zero(new))
@@ -137,7 +141,7 @@ async def test_writes_succeed_with_the_server_down_and_catch_up(tmp_path, vss_se
         assert await pending(node) == 120
         info = await node.backup_info()
         assert info["oldest_pending_age_s"] is not None
-        await wait_for(lambda: node.metrics()["replication_failures_total"] >= 1)
+        await wait_for(lambda: node.metrics.value("replication_failures_total") >= 1)
         transport.down = False
         await wait_for(lambda: _zero(node), timeout=30, what="catch-up without new writes")
         async with client_for(vss_server.url, keys) as client:
@@ -232,7 +236,7 @@ async def test_takeover_fences_out_the_old_owner(tmp_path, vss_server):
 async def test_vss_enabled_later_uploads_existing_state(tmp_path, vss_server):
     mnemonic = generate_mnemonic()
     keys = derive_keys(mnemonic)
-    async with unlocked_node(NodeConfig(data_dir=tmp_path / "a"), mnemonic, PASSWORD) as node:
+    async with unlocked_node(NodeConfig(data_dir=tmp_path / "a", vault_limits=FAST_LIMITS), mnemonic, PASSWORD) as node:
         await node.put("ns", "", "before", b"1")
     async with Node.open(config(tmp_path / "a", vss_server.url)) as node:
         await node.unlock(PASSWORD)
@@ -254,7 +258,7 @@ async def test_recovery_is_not_postponed_by_steady_writes(tmp_path, vss_server):
         transport.down = True
         for i in range(50):
             await node.put("backlog", "", f"k{i}", b"v")
-        await wait_for(lambda: node.metrics()["replication_failures_total"] >= 1)
+        await wait_for(lambda: node.metrics.value("replication_failures_total") >= 1)
         stop = anyio.Event()
 
         async def steady_writes() -> None:

@@ -12,22 +12,21 @@ from pathlib import Path
 import pytest
 
 from node.crypto import DecryptionError
-from node.wallet_archive import (
+from node.wallet_archive import UnsupportedWalletEntry, WalletBackup, WalletRestore, build_backup
+from node.wallet_format import (
     CHUNK_SIZE,
+    FINGERPRINT_KEY,
+    MANIFEST_KEY,
+    METADATA_KEY,
     CorruptBackup,
-    UnsupportedWalletEntry,
-    WalletBackup,
-    WalletRestore,
-    build_backup,
+    Manifest,
     chunk_key,
-    decrypt_wallet_blob,
-    encrypt_wallet_blob,
     parse_fingerprint,
     parse_manifest,
     parse_metadata,
-    restore_backup,
 )
 from nodeutil import snapshot
+from walletutil import decrypt_wallet_blob, encrypt_wallet_blob, iter_chunks, restore_backup
 
 VECTORS = json.loads(
     (Path(__file__).resolve().parent / "vectors" / "vectors.json").read_text()
@@ -90,7 +89,7 @@ def test_small_wallet_round_trip(tmp_path):
         assert backup.chunk_count == 1
         assert backup.chunk_key(0) == "backup/data"
         assert backup.total_size == backup.ciphertext_path.stat().st_size <= CHUNK_SIZE
-        chunks = list(backup.iter_chunks())
+        chunks = list(iter_chunks(backup))
         assert len(chunks) == 1 and len(chunks[0]) == backup.total_size
 
         # The plaintext is a Deflate zip holding everything under "<fingerprint>/".
@@ -114,7 +113,7 @@ def test_empty_wallet_round_trip(tmp_path):
     wallet.mkdir(parents=True)
     with build_backup(wallet, FP, SIGNING_KEY, tmp_path / "work") as backup:
         dest = restore_target(tmp_path)
-        restore_backup(backup.iter_chunks(), backup.salt, backup.prefix, SIGNING_KEY, FP,
+        restore_backup(iter_chunks(backup), backup.salt, backup.prefix, SIGNING_KEY, FP,
                        dest, tmp_path / "work")
     assert dest.is_dir() and snapshot(dest) == {}
 
@@ -126,7 +125,7 @@ def test_multi_chunk_round_trip(tmp_path):
         (wallet / "blobs" / f"part{index}").write_bytes(os.urandom(1024 * 1024 + 333))
     (wallet / "small").write_bytes(b"x")
     backup = build_backup(wallet, FP, SIGNING_KEY, tmp_path / "work")
-    chunks = list(backup.iter_chunks())
+    chunks = list(iter_chunks(backup))
     assert backup.chunk_count == len(chunks) == -(-backup.total_size // CHUNK_SIZE) > 1
     assert all(len(chunk) == CHUNK_SIZE for chunk in chunks[:-1])
     assert 0 < len(chunks[-1]) <= CHUNK_SIZE
@@ -161,7 +160,7 @@ def test_restore_into_existing_empty_directory(tmp_path):
     dest = restore_target(tmp_path)
     dest.mkdir(parents=True)
     with build_backup(wallet, FP, SIGNING_KEY, tmp_path / "work") as backup:
-        restore_backup(backup.iter_chunks(), backup.salt, backup.prefix, SIGNING_KEY, FP,
+        restore_backup(iter_chunks(backup), backup.salt, backup.prefix, SIGNING_KEY, FP,
                        dest, tmp_path / "work")
     assert snapshot(dest) == snapshot(wallet)
 
@@ -187,7 +186,7 @@ def assert_nothing_restored(tmp_path: Path, dest: Path) -> None:
 def test_truncated_chunk_list_is_refused(tmp_path, chunked_backup):
     backup = chunked_backup
     dest = restore_target(tmp_path)
-    chunks = list(backup.iter_chunks())
+    chunks = list(iter_chunks(backup))
     with pytest.raises(DecryptionError):
         restore_backup(chunks[:-1], backup.salt, backup.prefix, SIGNING_KEY, FP, dest,
                        tmp_path / "restore-work")
@@ -199,7 +198,7 @@ def test_total_size_mismatch_is_refused(tmp_path, chunked_backup):
     dest = restore_target(tmp_path)
     for claimed in (backup.total_size - 1, backup.total_size + 1):
         with pytest.raises(CorruptBackup):
-            restore_backup(backup.iter_chunks(), backup.salt, backup.prefix, SIGNING_KEY, FP,
+            restore_backup(iter_chunks(backup), backup.salt, backup.prefix, SIGNING_KEY, FP,
                            dest, tmp_path / "restore-work", total_size=claimed)
         assert_nothing_restored(tmp_path, dest)
 
@@ -208,7 +207,7 @@ def test_wrong_key_is_refused(tmp_path, chunked_backup):
     backup = chunked_backup
     dest = restore_target(tmp_path)
     with pytest.raises(DecryptionError, match="wrong mnemonic or corrupted data"):
-        restore_backup(backup.iter_chunks(), backup.salt, backup.prefix, bytes(32), FP, dest,
+        restore_backup(iter_chunks(backup), backup.salt, backup.prefix, bytes(32), FP, dest,
                        tmp_path / "restore-work")
     assert_nothing_restored(tmp_path, dest)
 
@@ -216,7 +215,7 @@ def test_wrong_key_is_refused(tmp_path, chunked_backup):
 def test_corrupted_chunk_is_refused(tmp_path, chunked_backup):
     backup = chunked_backup
     dest = restore_target(tmp_path)
-    chunks = list(backup.iter_chunks())
+    chunks = list(iter_chunks(backup))
     damaged = bytearray(chunks[1])
     damaged[12345] ^= 0x10
     chunks[1] = bytes(damaged)
@@ -331,24 +330,22 @@ def test_manifest_and_metadata_exact_json(tmp_path):
         chunk_count=4,
         ciphertext_path=tmp_path / "unused",
     )
-    assert backup.manifest_json() == (
+    documents = backup.documents()
+    assert documents[MANIFEST_KEY] == (
         b'{"chunk_count": 4, "total_size": 3145733, "encrypted": true, "version": 1}'
     )
-    assert backup.metadata_json() == (
+    assert documents[METADATA_KEY] == (
         b'{"salt": "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f", '
         b'"nonce": "6465666768696a6b6c6d6e6f70717273747576", "version": 1}'
     )
-    assert backup.fingerprint_value() == FP.encode()
-    assert parse_manifest(backup.manifest_json()) == (4, 3 * CHUNK_SIZE + 5)
-    assert parse_metadata(backup.metadata_json()) == (SALT, PREFIX)
-    assert parse_fingerprint(backup.fingerprint_value()) == FP
+    assert documents[FINGERPRINT_KEY] == FP.encode()
+    assert parse_manifest(documents[MANIFEST_KEY]) == Manifest(4, 3 * CHUNK_SIZE + 5)
+    assert parse_metadata(documents[METADATA_KEY]) == (SALT, PREFIX)
+    assert parse_fingerprint(documents[FINGERPRINT_KEY]) == FP
 
 
 def test_parsers_accept_compact_json():
-    assert parse_manifest(b'{"chunk_count":1,"total_size":28,"encrypted":true,"version":1}') == (
-        1,
-        28,
-    )
+    assert parse_manifest(b'{"chunk_count":1,"total_size":28,"encrypted":true,"version":1}') == Manifest(1, 28)
     salt, nonce = "ab" * 32, "CD" * 19
     data = json.dumps({"version": 1, "nonce": nonce, "salt": salt}, separators=(",", ":"))
     assert parse_metadata(data.encode()) == (bytes.fromhex(salt), bytes.fromhex(nonce))
@@ -369,6 +366,11 @@ def test_parsers_accept_compact_json():
         b'{"chunk_count": 1, "total_size": 15, "encrypted": true, "version": 1}',
         b'{"chunk_count": 1.0, "total_size": 28, "encrypted": true, "version": 1}',
         b'{"chunk_count": 30, "total_size": 28, "encrypted": true, "version": 1}',
+        # the chunk count must be the one the size implies, and the size is bounded
+        b'{"chunk_count": 2, "total_size": 1048576, "encrypted": true, "version": 1}',
+        b'{"chunk_count": 1, "total_size": 1048577, "encrypted": true, "version": 1}',
+        b'{"chunk_count": 1000000, "total_size": 1048576000000, "encrypted": true, "version": 1}',
+        b'{"chunk_count": 1000000, "total_size": 28, "encrypted": true, "version": 1}',
     ],
 )
 def test_bad_manifests(manifest):

@@ -9,7 +9,7 @@ import pytest
 
 from node import wallet_files
 from node.errors import InvalidPath, NotFound
-from node.wallet_files import WalletHome
+from node.wallet_files import BACKUP_REQUIRED, WalletHome
 
 
 def tree(root: Path) -> dict[str, bytes | None]:
@@ -156,16 +156,17 @@ def test_temp_files_of_a_crash_are_swept_and_never_listed(root):
 def test_home_layout_and_marker(tmp_path):
     home = WalletHome(tmp_path, "0badcafe")
     assert home.root == tmp_path / "wallet" / "0badcafe"
-    assert not home.exists() and not home.backup_required()
+    assert not home.exists() and not home.flag(BACKUP_REQUIRED)
     home.create_empty()
     assert home.exists() and list(home.root.iterdir()) == []
-    home.mark_backup_required()
-    home.mark_backup_required()
-    assert home.backup_required()
-    assert not home.marker.is_relative_to(home.root)  # never inside what is backed up
-    home.clear_backup_required()
-    home.clear_backup_required()
-    assert not home.backup_required()
+    home.set_flag(BACKUP_REQUIRED, True)
+    home.set_flag(BACKUP_REQUIRED, True)
+    assert home.flag(BACKUP_REQUIRED)
+    markers = [p for p in home.parent.iterdir() if p.name.startswith(".")]
+    assert markers and not any(m.is_relative_to(home.root) for m in markers)  # never inside what is backed up
+    home.set_flag(BACKUP_REQUIRED, False)
+    home.set_flag(BACKUP_REQUIRED, False)
+    assert not home.flag(BACKUP_REQUIRED)
     (home.parent / ".0badcafe.restore-abc").mkdir()
     home.work_dir.mkdir()
     (home.work_dir / "wallet-restore-1.zip").write_bytes(b"x")

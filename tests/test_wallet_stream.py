@@ -19,12 +19,14 @@ import httpx
 import pytest
 
 from vssnode.http_api import create_app
-from actors.supervisor import Node, NodeState
+from actors import Node, NodeState, WalletFile
+from actors import wallet_upload
 from actors.wallet_restorer import DEFAULT_CONCURRENCY, restore_wallet
 from node import crypto, errors
 from node.config import NodeConfig
+from node.mnemonic_vault import FAST_LIMITS
 from node.keys import NodeKeys, derive_keys, generate_mnemonic
-from node.wallet_archive import (
+from node.wallet_format import (
     CHUNK_KEY_PREFIX,
     DATA_KEY,
     FINGERPRINT_KEY,
@@ -33,8 +35,8 @@ from node.wallet_archive import (
     chunk_key,
     parse_manifest,
     parse_metadata,
-    restore_backup,
 )
+from walletutil import restore_backup
 from node.wallet_files import WalletHome
 from vss.proto import vss_pb2
 from nodeutil import SwitchableTransport, client_for, snapshot, unlocked_node, wait_for
@@ -50,7 +52,7 @@ def anyio_backend() -> str:
 
 
 def config(data_dir: Path, url: str | None, **kwargs: object) -> NodeConfig:
-    return NodeConfig(data_dir=data_dir, vss_url=url, **kwargs)
+    return NodeConfig(data_dir=data_dir, vss_url=url, vault_limits=FAST_LIMITS, **kwargs)
 
 
 def home_of(node: Node, keys: NodeKeys) -> WalletHome:
@@ -71,7 +73,8 @@ async def server_wallet(url: str, keys: NodeKeys, scratch: Path) -> dict[str, by
     """The server's backup, fetched and decrypted without the node, as a snapshot."""
     store = keys.wallet_store_id
     async with client_for(url, keys) as client:
-        chunk_count, total_size = parse_manifest((await client.get_object(store, MANIFEST_KEY)).value)
+        manifest = parse_manifest((await client.get_object(store, MANIFEST_KEY)).value)
+        chunk_count, total_size = manifest.chunk_count, manifest.total_size
         salt, prefix = parse_metadata((await client.get_object(store, METADATA_KEY)).value)
         assert (await client.get_object(store, FINGERPRINT_KEY)).value == keys.fingerprint.encode()
         pieces = [(await client.get_object(store, chunk_key(i, chunk_count))).value for i in range(chunk_count)]
@@ -227,7 +230,7 @@ async def test_vss_off_the_wallet_works_and_backup_routes_say_so(tmp_path):
         await node.init(PASSWORD, generate_mnemonic())
         await node.unlock(PASSWORD)
         await node.wallet_write("x/y", b"1")
-        assert await node.wallet_list() == [{"path": "x/y", "size": 1}]
+        assert await node.wallet_list() == [WalletFile("x/y", 1)]
         with pytest.raises(errors.VssNotEnabled):
             await node.backup_now()
         with pytest.raises(errors.VssNotEnabled):
@@ -260,7 +263,7 @@ async def test_a_burst_of_writes_ends_with_the_server_holding_the_final_director
         await wait_for(lambda: settled(node), timeout=30, what="the last change uploaded")
         assert await server_wallet(vss_server.url, keys, tmp_path) == snapshot(home_of(node, keys).root)
         info = await node.backup_info()
-        assert info["backup_required"] is False and info["last_backup_error"] is None
+        assert info["backup_required"] is False and info["wallet_error"] is None
         assert info["server_version"] == (await server_keys(vss_server.url, keys))[MANIFEST_KEY]
 
 
@@ -277,8 +280,8 @@ async def test_backup_required_survives_a_restart_and_is_then_uploaded(tmp_path,
         assert await backup_required(node) is True
         await wait_for(lambda: _has_error(node), what="a failed backup")
         info = await node.backup_info()
-        assert info["backup_exists"] is None and info["server_version"] is None and info["server_error"]
-        assert "VssUnavailableError" in info["last_backup_error"]
+        assert info["backup_exists"] is False and info["server_version"] is None and info["server_error"]  # as last seen
+        assert "VssUnavailableError" in info["wallet_error"]
         await node.lock()
         assert await backup_required(node) is True  # known while locked, from the disk
     transport = SwitchableTransport()
@@ -289,7 +292,7 @@ async def test_backup_required_survives_a_restart_and_is_then_uploaded(tmp_path,
 
 
 async def _has_error(node: Node) -> bool:
-    return (await node.backup_info())["last_backup_error"] is not None
+    return (await node.backup_info())["wallet_error"] is not None
 
 
 async def test_backup_info_fields(tmp_path, vss_server):
@@ -297,7 +300,7 @@ async def test_backup_info_fields(tmp_path, vss_server):
     async with unlocked_node(config(tmp_path / "a", vss_server.url), mnemonic, PASSWORD) as node:
         info = await node.backup_info()
         assert (info["backup_exists"], info["server_version"], info["backup_required"]) == (False, None, False)
-        assert info["last_backup_error"] is None and info["server_error"] is None
+        assert info["wallet_error"] is None and info["server_error"] is None
         for key in ("pending_kv_writes", "last_sync_at", "oldest_pending_age_s"):
             assert key in info
         v1 = await node.backup_now()
@@ -321,62 +324,83 @@ async def test_wallet_vss_enabled_later_is_uploaded_whole(tmp_path, vss_server):
 # --------------------------------------------------------------------- interrupted uploads
 
 
-async def test_interrupted_upload_over_a_single_piece_backup_leaves_it_restorable(tmp_path, vss_server):
-    """Fault: the upload of a 3 MiB wallet dies after its first piece landed (every
-    later request fails). The previous backup was one piece (backup/data). Expected: the
-    old manifest and backup/data stay in force, and a fresh node restores the old wallet."""
+async def test_an_atomic_upload_cut_off_leaves_the_previous_chunked_backup_whole(tmp_path, vss_server):
+    """Fault: the link is cut during the upload of a 3 MiB wallet over a previous 3 MiB
+    (chunked) backup. It fits one request, so it is written in one putObjects, and the
+    cut request never commits. Expected: the server still holds the whole previous
+    backup (restorable, byte for byte); once the link is back the new one lands whole.
+    (Before, the pieces went out one by one and the first overwrote the old piece 0:
+    the only backup no longer decrypted.)"""
     mnemonic = generate_mnemonic()
     keys = derive_keys(mnemonic)
     transport = HookedTransport()
     async with unlocked_node(config(tmp_path / "a", vss_server.url), mnemonic, PASSWORD, vss_transport=transport) as node:
-        await node.wallet_write("state", b"old state")
+        await node.wallet_write("big", os.urandom(3 * MiB))
         old_version = await node.backup_now()
         old_copy = snapshot(home_of(node, keys).root)
-        transport.break_after(is_chunk_put)
+
+        async def cut_wallet_puts(method: str, request: object) -> None:
+            if isinstance(request, vss_pb2.PutObjectRequest) and request.store_id == keys.wallet_store_id:
+                raise httpx.ConnectError("injected: link cut before the request reached the server")
+
+        transport.before = cut_wallet_puts
         await node.wallet_write("big", os.urandom(3 * MiB))
         with pytest.raises(errors.VssUnavailable):
             await node.backup_now()
-        assert transport.broken and await backup_required(node) is True
+        info = await node.backup_info()
+        assert info["backup_required"] is True and info["backup_restorable"] is True
+        assert info["server_version"] == old_version
+        assert await server_wallet(vss_server.url, keys, tmp_path) == old_copy
 
-    stored = await server_keys(vss_server.url, keys)
-    assert stored[MANIFEST_KEY] == old_version and f"{CHUNK_KEY_PREFIX}0" in stored  # it did die halfway
-    async with new_owner(tmp_path, vss_server.url, mnemonic, "fresh") as fresh:
-        await fresh.unlock(PASSWORD)
-        assert snapshot(home_of(fresh, keys).root) == old_copy
+        transport.before = None
+        await wait_for(lambda: settled(node), timeout=30, what="the automatic retry")
+        assert await server_wallet(vss_server.url, keys, tmp_path) == snapshot(home_of(node, keys).root)
 
 
-async def test_interrupted_chunked_upload_over_a_chunked_backup_is_refused_cleanly(tmp_path, vss_server):
-    """Fault: a chunked upload dies after its first piece, over a previous *chunked*
-    backup. The format's fixed piece names mean the new piece 0 replaced the old one
-    before the manifest flipped, so the old backup cannot be whole any more. Expected:
-    a restore refuses the mix (RestoreFailed) and writes nothing; the node keeps
-    backup_required, and once the server is back the next upload repairs the backup."""
+async def test_a_piece_by_piece_upload_says_not_restorable_until_it_is_whole(tmp_path, vss_server, monkeypatch):
+    """Fault: a wallet too large for one request (here: over a lowered limit) is written
+    piece by piece over a previous chunked backup, and the link dies after the first
+    piece. Expected: while the new pieces replace the old ones, /vssbackupinfo says
+    backup_restorable false, durably (a restart still says so); once a whole backup
+    landed it says true again and a fresh node restores it."""
+    monkeypatch.setattr(wallet_upload, "ATOMIC_MAX_BYTES", 1 * MiB)
     mnemonic = generate_mnemonic()
     keys = derive_keys(mnemonic)
     transport = HookedTransport()
     async with unlocked_node(config(tmp_path / "a", vss_server.url), mnemonic, PASSWORD, vss_transport=transport) as node:
         await node.wallet_write("big", os.urandom(3 * MiB))
         await node.backup_now()
+        assert (await node.backup_info())["backup_restorable"] is True
         transport.break_after(is_chunk_put)
         await node.wallet_write("big", os.urandom(3 * MiB))
         with pytest.raises(errors.VssUnavailable):
             await node.backup_now()
-
-        home = WalletHome(tmp_path / "probe", keys.fingerprint)
-        async with client_for(vss_server.url, keys) as client:
-            with pytest.raises(errors.RestoreFailed, match="interrupted"):
-                await restore_wallet(client, keys, home)
-        assert not home.root.exists()
-        assert not home.work_dir.exists() or list(home.work_dir.iterdir()) == []
-        assert not home.parent.exists() or [p.name for p in home.parent.iterdir() if p.name != ".work"] == []
-
-        assert await backup_required(node) is True
-        transport.heal()
-        await wait_for(lambda: settled(node), timeout=30, what="the automatic retry repairing the backup")
+        assert transport.broken
+        info = await node.backup_info()
+        assert info["backup_restorable"] is False and info["backup_required"] is True
+    async with Node.open(config(tmp_path / "a", vss_server.url), vss_transport=SwitchableTransport()) as node:
+        assert (await node.backup_info())["backup_restorable"] is None  # locked: nothing known of the server
+        await node.unlock(PASSWORD)
+        await wait_for(lambda: settled(node), timeout=30, what="the next upload")
+        assert (await node.backup_info())["backup_restorable"] is True
         local = snapshot(home_of(node, keys).root)
     async with new_owner(tmp_path, vss_server.url, mnemonic, "fresh") as fresh:
         await fresh.unlock(PASSWORD)
         assert snapshot(home_of(fresh, keys).root) == local
+
+
+async def test_a_413_on_the_atomic_upload_falls_back_to_pieces(tmp_path, spawn_vss_server):
+    """A server (or a proxy) whose body limit is below the wallet's size refuses the
+    one-request upload with 413; the upload then goes piece by piece and lands."""
+    server = spawn_vss_server("--auth", "sigs", "--max-body-bytes", str(MiB + 64 * 1024))
+    mnemonic = generate_mnemonic()
+    keys = derive_keys(mnemonic)
+    async with unlocked_node(config(tmp_path / "a", server.url), mnemonic, PASSWORD) as node:
+        await node.wallet_write("big", os.urandom(2 * MiB + 10))
+        version = await node.backup_now()
+        assert (await node.backup_info())["backup_restorable"] is True
+        assert await server_wallet(server.url, keys, tmp_path) == snapshot(home_of(node, keys).root)
+        assert (await server_keys(server.url, keys))[MANIFEST_KEY] == version
 
 
 async def test_conflict_is_retried_once_with_fresh_versions_then_reported(tmp_path, vss_server):
@@ -414,7 +438,7 @@ async def test_conflict_is_retried_once_with_fresh_versions_then_reported(tmp_pa
         budget = 10**6
         with pytest.raises(errors.VssUnavailable, match="ConflictError"):
             await node.backup_now()
-        assert (await node.backup_info())["last_backup_error"] is not None
+        assert (await node.backup_info())["wallet_error"] is not None
 
 
 # ------------------------------------------------------------------------------ restore
@@ -474,7 +498,22 @@ async def test_restore_refuses_a_backup_of_another_wallet(tmp_path, vss_server):
     async with new_owner(tmp_path, vss_server.url, mnemonic, "lenient", vss_allow_empty_restore=True) as lenient:
         await lenient.unlock(PASSWORD)
         assert lenient.state is NodeState.RUNNING and await lenient.wallet_list() == []
-        assert (await lenient.backup_info())["server_version"] == version  # nothing was overwritten
+        await lenient.wallet_write("new", b"not uploaded over the unreadable backup")
+        await wait_for(lambda: _server_version_known(lenient), what="the keeper's look at the server")
+        info = await lenient.backup_info()
+        assert info["server_version"] == version and info["backup_restorable"] is False  # nothing was overwritten
+        assert "could not read" in info["wallet_error"] and info["backup_required"] is True
+        with pytest.raises(errors.WalletBackupUnreadable):
+            await lenient.backup_now()
+        assert (await server_keys(vss_server.url, keys))[MANIFEST_KEY] == version
+        replaced = await lenient.backup_now(replace_unreadable=True)  # the operator's word
+        assert replaced == version + 1
+        info = await lenient.backup_info()
+        assert info["backup_restorable"] is True and info["wallet_error"] is None
+
+
+async def _server_version_known(node: Node) -> bool:
+    return (await node.backup_info())["server_version"] is not None
 
 
 async def test_an_unlock_refused_for_the_kv_stream_leaves_no_wallet_either(tmp_path, vss_server):
@@ -594,7 +633,7 @@ async def test_http_wallet_routes_and_path_escapes(tmp_path, vss_server):
         assert (await server_keys(vss_server.url, keys))[MANIFEST_KEY] == version
         info = await (await client.get("/vssbackupinfo")).get_json()
         assert info["backup_exists"] is True and info["server_version"] == version
-        assert info["backup_required"] is False and info["last_backup_error"] is None
+        assert info["backup_required"] is False and info["wallet_error"] is None
 
         wallet = tmp_path / "node" / "wallet" / keys.fingerprint
         outside = tmp_path / "outside"

@@ -1,28 +1,36 @@
-"""api: the node's HTTP API, a Quart app that turns requests into calls on the Node.
+"""The node's HTTP API: a Quart app that turns requests into calls on the Node.
 
 It holds no state of its own: every route asks the Node (and through it the actors)
 and maps the answer, or the NodeError, to a response. Errors are always
 `{"error": message, "code": status, "name": StableName}`. The OpenAPI document of these
 routes is served at /openapi.json.
+
+Who may call it (`vssnode.api_guard`): with an API token, whoever presents it; without
+one (loopback only), a request must name this server as its Host and must not come from
+another site's page, so neither a cross-site form post nor DNS rebinding reaches the
+node. Routes that take a JSON body want `Content-Type: application/json` (415), which a
+browser cannot send across sites without asking first.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hmac
 import json
 import logging
+from dataclasses import asdict
 from importlib import resources
+from typing import Any
 
 import anyio
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from quart import Quart, Response, request
 from werkzeug.exceptions import HTTPException
 from werkzeug.routing import PathConverter
 
-from vssnode.metrics import render as render_metrics
-from actors.supervisor import Node
+from actors.node import Durability, Node
 from node import errors
 from node.config import NodeConfig
+from vssnode.api_guard import check_caller
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +42,10 @@ def error_response(status: int, name: str, message: str) -> Response:
     return Response(body, status=status, content_type="application/json")
 
 
+def json_response(value: dict[str, Any], status: int = 200) -> Response:
+    return Response(json.dumps(value), status=status, content_type="application/json")
+
+
 class _WalletPath(PathConverter):
     """Any text after /wallet/files/, even empty or starting with '/': every spelling of a
     path reaches the node's own check and gets its 400, rather than a 404 or a redirect."""
@@ -42,7 +54,7 @@ class _WalletPath(PathConverter):
     part_isolating = False  # werkzeug infers True from a regex without "/"
 
 
-def create_app(config: NodeConfig, **node_kwargs: object) -> Quart:
+def create_app(config: NodeConfig, **node_kwargs: Any) -> Quart:
     """The ASGI app of one node; the Node runs for as long as the app is served."""
     app = Quart(__name__, static_folder=None)
     app.url_map.converters["wallet_path"] = _WalletPath
@@ -50,7 +62,7 @@ def create_app(config: NodeConfig, **node_kwargs: object) -> Quart:
     app.config["MAX_CONTENT_LENGTH"] = config.max_value_bytes
     app.config["BODY_TIMEOUT"] = 600
     started = asyncio.Event()
-    holder: dict[str, object] = {}
+    holder: dict[str, Any] = {}
 
     async def run_node() -> None:
         async with Node.open(config, **node_kwargs) as node:
@@ -64,7 +76,7 @@ def create_app(config: NodeConfig, **node_kwargs: object) -> Quart:
         holder["task"] = task
         waiter = asyncio.create_task(started.wait())
         await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
-        if task.done():  # the node failed to open (bad data dir, network mismatch)
+        if task.done():  # the node failed to open (bad data dir, network mismatch, in use)
             waiter.cancel()
             task.result()
 
@@ -79,19 +91,14 @@ def create_app(config: NodeConfig, **node_kwargs: object) -> Quart:
                 pass
 
     def node() -> Node:
-        return holder["node"]  # type: ignore[return-value]
+        found: Node = holder["node"]
+        return found
 
     app.extensions["vssnode"] = holder
 
     @app.before_request
-    async def check_token() -> Response | None:
-        if config.api_token is None:
-            return None
-        given = request.headers.get("Authorization", "")
-        expected = f"Bearer {config.api_token}"
-        if not hmac.compare_digest(given.encode(), expected.encode()):
-            raise errors.Unauthorized("missing or wrong API token (Authorization: Bearer ...)")
-        return None
+    async def guard_caller() -> None:
+        check_caller(request, config.api_token)
 
     @app.errorhandler(errors.NodeError)
     async def node_error(exc: errors.NodeError) -> Response:
@@ -111,11 +118,16 @@ def create_app(config: NodeConfig, **node_kwargs: object) -> Quart:
         log.exception("unexpected error in %s %s", request.method, request.path)
         return error_response(500, "InternalError", "internal error; see the node's log")
 
-    async def json_body() -> dict:
+    async def json_body(*, optional: bool = False) -> dict[str, Any]:
+        data = await request.get_data(cache=False)
+        if optional and not data:
+            return {}
+        if request.mimetype != "application/json":
+            raise errors.UnsupportedMediaType("send the JSON body with Content-Type: application/json")
         # Parsed by hand: Quart's get_json(silent=True) still raises on bytes that are
         # not UTF-8, which would surface as a 500.
         try:
-            body = json.loads(await request.get_data(cache=False))
+            body = json.loads(data)
         except ValueError:  # includes UnicodeDecodeError
             body = None
         if not isinstance(body, dict):
@@ -125,6 +137,12 @@ def create_app(config: NodeConfig, **node_kwargs: object) -> Quart:
     def namespace() -> tuple[str, str]:
         return request.args.get("primary", ""), request.args.get("secondary", "")
 
+    def durability() -> Durability:
+        value = request.args.get("durability", "local")
+        if value not in ("local", "remote"):
+            raise errors.InvalidRequest(f"durability must be 'local' or 'remote', not {value!r}")
+        return "remote" if value == "remote" else "local"
+
     # -- lifecycle -------------------------------------------------------------------
 
     @app.post("/init")
@@ -133,30 +151,31 @@ def create_app(config: NodeConfig, **node_kwargs: object) -> Quart:
         mnemonic = body.get("mnemonic")
         if mnemonic is not None and not isinstance(mnemonic, str):
             raise errors.InvalidRequest("mnemonic must be a string of words")
-        generated = await node().init(body.get("password"), mnemonic)
-        return {"mnemonic": generated} if generated else {}
+        generated = await node().init(body.get("password"), mnemonic)  # type: ignore[arg-type]
+        return json_response({"mnemonic": generated} if generated else {})
 
     @app.post("/unlock")
     async def unlock() -> Response:
         body = await json_body()
-        await node().unlock(body.get("password"))
-        return node().info()
+        await node().unlock(body.get("password"))  # type: ignore[arg-type]
+        return json_response(node().info())
 
     @app.post("/lock")
     async def lock() -> Response:
         await node().lock()
-        return node().info()
+        return json_response(node().info())
 
     @app.get("/nodeinfo")
     async def nodeinfo() -> Response:
-        return node().info()
+        return json_response(node().info())
 
     # -- key-value state ---------------------------------------------------------------
 
     @app.put("/kv/<key>")
     async def put_value(key: str) -> Response:
+        how = durability()
         value = await request.get_data(cache=False)
-        await node().put(*namespace(), key, value)
+        await node().put(*namespace(), key, value, durability=how)
         return Response(status=204)
 
     @app.get("/kv/<key>")
@@ -166,12 +185,12 @@ def create_app(config: NodeConfig, **node_kwargs: object) -> Quart:
 
     @app.delete("/kv/<key>")
     async def delete_value(key: str) -> Response:
-        await node().delete(*namespace(), key)
+        await node().delete(*namespace(), key, durability=durability())
         return Response(status=204)
 
     @app.get("/kv")
     async def list_values() -> Response:
-        return {"keys": await node().list_keys(*namespace())}
+        return json_response({"keys": await node().list_keys(*namespace())})
 
     # -- the wallet directory -------------------------------------------------------------
     # PUT and DELETE change the wallet (running only) and are backed up; GETs also work
@@ -195,28 +214,36 @@ def create_app(config: NodeConfig, **node_kwargs: object) -> Quart:
 
     @app.get("/wallet/files")
     async def list_wallet_files() -> Response:
-        return {"files": await node().wallet_list()}
+        return json_response({"files": [asdict(f) for f in await node().wallet_list()]})
 
     # -- VSS -------------------------------------------------------------------------
 
     @app.post("/vssbackup")
     async def vssbackup() -> Response:
-        return {"version": await node().backup_now()}
+        body = await json_body(optional=True)
+        replace_unreadable = body.get("replace_unreadable", False)
+        if not isinstance(replace_unreadable, bool):
+            raise errors.InvalidRequest("replace_unreadable must be true or false")
+        return json_response({"version": await node().backup_now(replace_unreadable=replace_unreadable)})
 
     @app.get("/vssbackupinfo")
     async def vssbackupinfo() -> Response:
-        return await node().backup_info()
+        return json_response(await node().backup_info())
+
+    @app.post("/vssverify")
+    async def vssverify() -> Response:
+        return json_response(asdict(await node().verify()))
 
     @app.post("/vssclearfence")
     async def vssclearfence() -> Response:
         body = await json_body()
-        cleared = await node().clear_fence(body.get("password"))
-        return {"cleared": cleared}
+        cleared = await node().clear_fence(body.get("password"))  # type: ignore[arg-type]
+        return json_response({"cleared": cleared})
 
     @app.get("/metrics")
     async def metrics() -> Response:
-        figures = await anyio.to_thread.run_sync(node().metrics)
-        return Response(render_metrics(figures), content_type="text/plain; version=0.0.4")
+        text = await anyio.to_thread.run_sync(generate_latest, node().metrics.registry)
+        return Response(text, content_type=CONTENT_TYPE_LATEST)
 
     @app.get("/openapi.json")
     async def openapi() -> Response:

@@ -29,6 +29,7 @@ DEADLINE_S = 180
 TOKEN = "fault-suite-token"
 MAX_VALUE = 32 * 1024 * 1024
 SERVER_MAX_BODY = 64 * 1024
+JSON = {"Content-Type": "application/json"}
 
 
 @dataclass
@@ -48,13 +49,19 @@ def _node_rows() -> list[Row]:
         Row("no API token", "PUT", "/kv/k", 401, "Unauthorized", {"params": ns, "content": b"x"}, auth=None),
         Row("wrong API token", "PUT", "/kv/k", 401, "Unauthorized", {"params": ns, "content": b"x"}, auth="Bearer nope"),
         Row("token without Bearer", "GET", "/nodeinfo", 401, "Unauthorized", auth=TOKEN),
-        Row("init: body is not JSON", "POST", "/init", 400, "InvalidRequest", {"content": b"{not json"}),
+        Row("init: body is not JSON", "POST", "/init", 400, "InvalidRequest", {"content": b"{not json", "headers": JSON}),
+        Row("init: JSON sent as text/plain", "POST", "/init", 415, "UnsupportedMediaType",
+            {"content": b'{"password": "p"}', "headers": {"Content-Type": "text/plain"}}),
         Row("init: JSON but not an object", "POST", "/init", 400, "InvalidRequest", {"json": ["password"]}),
         Row("init: mnemonic of the wrong type", "POST", "/init", 400, "InvalidRequest", {"json": {"password": "p", "mnemonic": 12}}),
-        Row("unlock: body is not JSON", "POST", "/unlock", 400, "InvalidRequest", {"content": b"password"}),
+        Row("unlock: body is not JSON", "POST", "/unlock", 400, "InvalidRequest", {"content": b"password", "headers": JSON}),
+        Row("unlock: no Content-Type", "POST", "/unlock", 415, "UnsupportedMediaType", {"content": b'{"password": "p"}'}),
         Row("unlock while running", "POST", "/unlock", 409, "NodeNotLocked", {"json": {"password": 5}}),
         Row("clear fence while running", "POST", "/vssclearfence", 409, "NodeNotLocked", {"json": {"password": PASSWORD}}),
-        Row("clear fence: body is not JSON", "POST", "/vssclearfence", 400, "InvalidRequest", {"content": b"password"}),
+        Row("clear fence: body is not JSON", "POST", "/vssclearfence", 400, "InvalidRequest", {"content": b"password",
+            "headers": JSON}),
+        Row("durability of an unknown kind", "PUT", "/kv/k", 400, "InvalidRequest",
+            {"params": {**ns, "durability": "eventually"}, "content": b"x"}),
         Row("namespace exactly _", "PUT", "/kv/k", 400, "InvalidNamespace", {"params": {"primary": "_"}, "content": b"x"}),
         Row("secondary without primary", "PUT", "/kv/k", 400, "InvalidNamespace", {"params": {"secondary": "s"}, "content": b"x"}),
         Row("namespace outside the alphabet", "PUT", "/kv/k", 400, "InvalidNamespace", {"params": {"primary": "a.b"}, "content": b"x"}),
@@ -99,8 +106,9 @@ async def test_bad_requests_to_the_node(tmp_path, vss_server, report):
             before = await _visible_state(node)
             async with httpx.AsyncClient(base_url=node.url, timeout=60) as raw:
                 for row in rows:
-                    headers = {"Authorization": row.auth} if row.auth is not None else {}
-                    response = await raw.request(row.method, row.path, headers=headers, **row.kwargs)
+                    kwargs = dict(row.kwargs)
+                    headers = {**kwargs.pop("headers", {}), **({"Authorization": row.auth} if row.auth is not None else {})}
+                    response = await raw.request(row.method, row.path, headers=headers, **kwargs)
                     assert response.status_code == row.status, f"{row.what}: {response.status_code} {response.text[:300]}"
                     if row.name is not None:
                         body = response.json()
@@ -127,7 +135,7 @@ async def test_non_utf8_json_bodies_are_400(tmp_path, vss_server, report):
             await node.start()
             answers = {}
             for path in ("/init", "/unlock", "/vssclearfence"):
-                response = await node.request("POST", path, content=b"\xff\xfe{}")
+                response = await node.request("POST", path, content=b"\xff\xfe{}", headers=JSON)
                 answers[path] = (response.status_code, response.json().get("name"))
             assert node.running and (await node.nodeinfo())["state"] == "uninitialized"
             report.set(bad_requests=len(answers), answered_500=sum(1 for status, _ in answers.values() if status == 500))

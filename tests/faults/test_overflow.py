@@ -14,8 +14,9 @@ import random
 import pytest
 import trio
 
-from actors.supervisor import Node
+from actors import Node
 from node.config import NodeConfig
+from node.mnemonic_vault import FAST_LIMITS
 from node.keys import derive_keys, generate_mnemonic
 from nodeutil import wait_for
 
@@ -62,6 +63,7 @@ async def test_retry_queue_overflow_loses_nothing(tmp_path, vss_server, report):
     with trio.fail_after(DEADLINE_S):
         async with running_proxy(vss_server.url.removesuffix("/vss"), seed=report.seed) as proxy:
             config = NodeConfig(
+                vault_limits=FAST_LIMITS,
                 data_dir=tmp_path / "a", vss_url=proxy.url + "/vss", retry_queue_capacity=SMALL_CAPACITY
             )
             async with Node.open(config) as node:
@@ -71,13 +73,14 @@ async def test_retry_queue_overflow_loses_nothing(tmp_path, vss_server, report):
                 await _write_distinct(lambda k, v: node.put("overflow", "", k, v), count, rng)
                 pending_peak = (await node.backup_info())["pending_kv_writes"]
                 assert pending_peak == count
-                await wait_for(lambda: node.metrics()["retry_queue_dropped_total"] > 0, timeout=60, what="the retry-queue to overflow")
-                dropped = node.metrics()["retry_queue_dropped_total"]
+                await wait_for(lambda: (node.metrics.value("retry_queue_dropped_total") or 0) > 0, timeout=60,
+                               what="the retry-queue to overflow")
+                dropped = node.metrics.value("retry_queue_dropped_total")
                 await proxy.go_up()
                 started = trio.current_time()
                 await wait_for(lambda: _pending_zero(node), timeout=RECOVERY_TIMEOUT_S, what="catch-up after overflow")
                 recovery_s = trio.current_time() - started
-                metrics = node.metrics()
+                batches = node.metrics.value("replication_batches_total") or 0
             local = local_copy(config.data_dir)
             assert len(local) == count
             assert_same(await server_copy(vss_server.url, keys), local, "after overflow and recovery")
@@ -87,7 +90,7 @@ async def test_retry_queue_overflow_loses_nothing(tmp_path, vss_server, report):
                 pending_peak=pending_peak,
                 queue_dropped=int(dropped),
                 recovery_s=round(recovery_s, 1),
-                node_replication_batches=int(metrics.get("replication_batches_total", 0)),
+                node_replication_batches=int(batches),
             )
             report.add_proxy(proxy.figures())
 

@@ -1,0 +1,258 @@
+"""The ownership-guard alone, against the in-memory server, on trio's MockClock.
+
+Each test scripts one fencing situation exactly: a takeover landing between the two
+reads that follow a conflict, an old owner's wallet write after a takeover, a server
+that lost its data, a reply lost after a commit, a store another node wrote meanwhile.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+
+import anyio
+import pytest
+
+from actors.messages import StoreKind
+from actors.ownership_guard import FENCE_KEY, FenceLost, StoreDivergedError, clear_fence
+from fakevss import FakePort, FakeVssServer
+from guardutil import GuardUnderTest, item, keys
+from node import errors
+from vss.errors import ConflictError, VssUnavailableError
+from vss.proto.vss_pb2 import KeyValue
+
+KV, WALLET = StoreKind.KV, StoreKind.WALLET
+
+
+def fence_owner(server: FakeVssServer) -> bytes | None:
+    row = server.store(keys().kv_store_id).rows.get(FENCE_KEY)
+    return None if row is None else row.value
+
+
+class TakeoverBetweenReads(FakePort):
+    """Runs a scripted takeover right before the second read that follows a conflict."""
+
+    def __init__(self, server: FakeVssServer) -> None:
+        super().__init__(server)
+        self._takeover: Callable[[], Awaitable[None]] | None = None
+        self._reads_since_conflict: int | None = None
+
+    def arm(self, takeover: Callable[[], Awaitable[None]]) -> None:
+        self._takeover = takeover
+
+    async def put_objects(self, store_id: str, transaction_items: Sequence[KeyValue] = (),
+                          delete_items: Sequence[KeyValue] = (), global_version: int | None = None) -> None:
+        try:
+            await super().put_objects(store_id, transaction_items, delete_items, global_version)
+        except ConflictError:
+            if self._takeover is not None:
+                self._reads_since_conflict = 0
+            raise
+
+    async def _enter(self, op: str) -> None:
+        if self._reads_since_conflict is not None and op in ("get_object", "get_global_version"):
+            self._reads_since_conflict += 1
+            if self._reads_since_conflict == 2 and self._takeover is not None:
+                takeover, self._takeover, self._reads_since_conflict = self._takeover, None, None
+                await takeover()
+        await super()._enter(op)
+
+
+async def take_both(guard: GuardUnderTest) -> None:
+    await guard.guard.acquire(KV)
+    await guard.guard.acquire(WALLET)
+
+
+@pytest.mark.trio
+async def test_a_takeover_between_the_two_reads_after_a_conflict_fences_the_old_owner(autojump_clock):
+    """Fault: A's first batch conflicts on its own (it deletes a key the server never
+    had); node B's takeover (clear + acquire) lands between A's two reads. Expected: A
+    stops writing (FenceLost) and the fence stays B's. Reading the fence before the
+    global version let A adopt B's token beside its own fence version, equal to B's
+    fresh fence, and take the store back."""
+    server = FakeVssServer()
+    a = GuardUnderTest(TakeoverBetweenReads(server), "node-a")
+    b = GuardUnderTest(server.port(), "node-b")
+    await take_both(a)
+
+    async def takeover() -> None:
+        assert await clear_fence(b.port, keys().kv_store_id)
+        await b.guard.acquire(KV)
+
+    async with anyio.create_task_group() as tg:
+        a.start(tg)
+        b.start(tg)
+        a.port.arm(takeover)  # type: ignore[attr-defined]
+        with pytest.raises(FenceLost):
+            await a.put(KV, [item("_/_/from-a")], deletes=[KeyValue(key="_/_/never-there", version=-1)])
+        assert fence_owner(server) == b"node-b"
+        assert "_/_/from-a" not in server.values(keys().kv_store_id)
+        await b.put(KV, [item("_/_/from-b")])  # the new owner writes on
+        assert [type(event.reason) for event in a.events] == [FenceLost]
+        with pytest.raises(FenceLost):  # and the old one stays stopped
+            await a.put(KV, [item("_/_/again")])
+        tg.cancel_scope.cancel()
+
+
+@pytest.mark.trio
+async def test_the_old_owner_lands_no_wallet_piece_after_a_takeover(autojump_clock):
+    """Fault: node B takes the store over while node A is half-way through a wallet
+    upload. Expected: A's next wallet write conflicts and A stops; B's copy of the fence
+    is in the wallet store."""
+    server = FakeVssServer()
+    a = GuardUnderTest(server.port(), "node-a")
+    b = GuardUnderTest(server.port(), "node-b")
+    await take_both(a)
+    async with anyio.create_task_group() as tg:
+        a.start(tg)
+        await a.put(WALLET, [KeyValue(key="backup/chunk/0", version=0, value=b"piece 0")])
+        assert await clear_fence(b.port, keys().kv_store_id)
+        await take_both(b)
+        with pytest.raises(FenceLost):
+            await a.put(WALLET, [KeyValue(key="backup/chunk/1", version=0, value=b"piece 1")])
+        wallet = server.values(keys().wallet_store_id)
+        assert "backup/chunk/1" not in wallet and wallet[FENCE_KEY] == b"node-b"
+        tg.cancel_scope.cancel()
+
+
+@pytest.mark.trio
+async def test_a_wiped_server_is_taken_again_and_everything_owed(autojump_clock):
+    """Fault: the server loses all its data while the node runs. Expected: the next
+    write re-takes the empty store (no takeover can produce an empty one), lands, asks
+    for every local key and the wallet to be owed again, and counts it; not fenced."""
+    server = FakeVssServer()
+    a = GuardUnderTest(server.port(), "node-a")
+    await take_both(a)
+    async with anyio.create_task_group() as tg:
+        a.start(tg)
+        await a.put(KV, [item("_/_/k1")])
+        server.wipe()
+        token = await a.put(KV, [item("_/_/k2")])
+        assert token == 2  # acquire (0 -> 1) and this write (1 -> 2) on the new store
+        assert fence_owner(server) == b"node-a" and "_/_/k2" in server.values(keys().kv_store_id)
+        assert a.owe_all == 1 and a.owe_wallet == 1 and a.events == []
+        assert a.guard.status.store_resets == 1 and a.metrics.value("store_resets_total") == 1
+        assert a.records[-1] == (KV, 2)
+        tg.cancel_scope.cancel()
+
+
+@pytest.mark.trio
+async def test_a_reply_lost_after_its_commit_is_adopted_not_taken_for_a_takeover(autojump_clock):
+    """Fault: a KV write commits but its reply is lost. Expected: the retry conflicts,
+    the guard finds its own fence, adopts the new token and writes again; nothing stops."""
+    server = FakeVssServer()
+    port = FakePort(server)
+    a = GuardUnderTest(port, "node-a")
+    await take_both(a)
+    original = server.apply_put
+
+    def commit_then_lose(*args: object) -> None:
+        original(*args)  # type: ignore[arg-type]
+        server.apply_put = original  # type: ignore[method-assign]
+        raise VssUnavailableError("injected: reply lost after commit")
+
+    async with anyio.create_task_group() as tg:
+        a.start(tg)
+        server.apply_put = commit_then_lose  # type: ignore[method-assign]
+        with pytest.raises(VssUnavailableError):
+            await a.put(KV, [item("_/_/k", b"1")])
+        assert await a.put(KV, [item("_/_/k", b"2")]) == 3
+        assert server.values(keys().kv_store_id)["_/_/k"] == b"2" and a.events == []
+        tg.cancel_scope.cancel()
+
+
+@pytest.mark.trio
+async def test_a_store_written_by_another_node_is_refused_at_acquire(autojump_clock):
+    """Fault: node A last saw global version 1; meanwhile node B took over, wrote, and
+    someone cleared B's fence. Expected: A's acquire refuses (StoreDivergedError) and
+    writes no fence; with the divergence accepted it acquires and says so."""
+    server = FakeVssServer()
+    b = GuardUnderTest(server.port(), "node-b")
+    await take_both(b)
+    async with anyio.create_task_group() as tg:
+        b.start(tg)
+        for i in range(3):
+            await b.put(KV, [item(f"_/_/b{i}")])
+        tg.cancel_scope.cancel()
+    assert await clear_fence(b.port, keys().kv_store_id)
+    stale = GuardUnderTest(server.port(), "node-a", recorded={KV: 1, WALLET: 1})
+    with pytest.raises(StoreDivergedError) as refused:
+        await stale.guard.acquire(KV)
+    assert refused.value.divergence.recorded == 1 and refused.value.divergence.found == 4
+    assert fence_owner(server) is None
+    accepting = GuardUnderTest(server.port(), "node-a", recorded={KV: 1, WALLET: 1}, accept_divergence=True)
+    acquired = await accepting.guard.acquire(KV)
+    assert acquired.divergence is not None and fence_owner(server) == b"node-a"
+
+
+@pytest.mark.trio
+async def test_our_own_reacquire_and_one_lost_reply_are_not_a_divergence(autojump_clock):
+    server = FakeVssServer()
+    a = GuardUnderTest(server.port(), "node-a")
+    await take_both(a)  # KV global version 1
+    async with anyio.create_task_group() as tg:
+        a.start(tg)
+        await a.put(KV, [item("_/_/k")])  # 2, recorded
+        tg.cancel_scope.cancel()
+    server.apply_put(keys().kv_store_id, [item("_/_/lost")], [], 2)  # a write whose reply never came: 3
+    assert await clear_fence(a.port, keys().kv_store_id)
+    again = GuardUnderTest(server.port(), "node-a", recorded={KV: 2, WALLET: 1})
+    assert (await again.guard.acquire(KV)).divergence is None
+
+
+@pytest.mark.trio
+async def test_a_server_down_at_unlock_is_taken_at_the_first_write(autojump_clock):
+    """Fault: the server is down while the node unlocks. Expected: the first write takes
+    both stores (recording their versions) and lands."""
+    server = FakeVssServer()
+    port = FakePort(server)
+    a = GuardUnderTest(port, "node-a")
+    port.down = True
+    with pytest.raises(VssUnavailableError):
+        await a.guard.acquire(KV)
+    port.down = False
+    async with anyio.create_task_group() as tg:
+        a.start(tg)
+        assert await a.put(KV, [item("_/_/k")]) == 2
+        assert fence_owner(server) == b"node-a"
+        assert server.values(keys().wallet_store_id)[FENCE_KEY] == b"node-a"
+        assert (KV, 1) in a.records and (WALLET, 1) in a.records
+        tg.cancel_scope.cancel()
+
+
+@pytest.mark.trio
+async def test_another_nodes_fence_found_later_is_a_lost_store(autojump_clock):
+    server = FakeVssServer()
+    b = GuardUnderTest(server.port(), "node-b")
+    await b.guard.acquire(KV)
+    a = GuardUnderTest(server.port(), "node-a")
+    with pytest.raises(errors.OwnershipConflict):
+        await a.guard.acquire(KV)
+    async with anyio.create_task_group() as tg:
+        a.start(tg)
+        with pytest.raises(FenceLost):
+            await a.put(KV, [item("_/_/k")])
+        assert [type(e.reason) for e in a.events] == [FenceLost]
+        tg.cancel_scope.cancel()
+
+
+@pytest.mark.trio
+async def test_a_divergence_found_later_stops_both_streams(autojump_clock):
+    server = FakeVssServer()
+    b = GuardUnderTest(server.port(), "node-b")
+    await take_both(b)
+    async with anyio.create_task_group() as tg:
+        b.start(tg)
+        await b.put(KV, [item("_/_/b1")])
+        await b.put(KV, [item("_/_/b2")])  # two writes: more than one lost reply explains
+        tg.cancel_scope.cancel()
+    assert await clear_fence(b.port, keys().kv_store_id)
+    a = GuardUnderTest(server.port(), "node-a", recorded={KV: 1, WALLET: 1})
+    async with anyio.create_task_group() as tg:
+        a.start(tg)
+        with pytest.raises(StoreDivergedError):
+            await a.put(KV, [item("_/_/a")])
+        with pytest.raises(StoreDivergedError):
+            await a.put(WALLET, [item("backup/x")])
+        assert [type(e.reason) for e in a.events] == [StoreDivergedError]
+        assert fence_owner(server) is None and "_/_/a" not in server.values(keys().kv_store_id)
+        tg.cancel_scope.cancel()

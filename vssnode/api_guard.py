@@ -1,0 +1,58 @@
+"""Who may call the node's API: the token, or the same-origin rules of a loopback node.
+
+With an API token, a request must carry `Authorization: Bearer TOKEN` (compared in
+constant time); nothing else is asked, so scripts and other machines can call it.
+
+Without one (the default; the node then listens on loopback only), the browser on the
+operator's machine is the threat: any page it opens can send requests to
+`127.0.0.1:3001`. So a request
+- must name this server in `Host`: the address it came in on (the ASGI scope's
+  `server`, which is right under plain hypercorn too), `localhost`, `127.0.0.1` or
+  `[::1]`, with its port. A DNS-rebinding page names its own host and is refused;
+- must not carry an `Origin` other than `http://` + that Host, nor
+  `Sec-Fetch-Site: cross-site`, which browsers add to another site's requests.
+Refusals are `403 ForbiddenOrigin`; nothing runs.
+"""
+
+from __future__ import annotations
+
+import hmac
+from typing import Any
+
+from node import errors
+
+_LOOPBACK_NAMES = ("localhost", "127.0.0.1", "[::1]")
+
+
+def check_caller(request: Any, api_token: str | None) -> None:
+    """Raise Unauthorized or ForbiddenOrigin unless the caller may use the API."""
+    if api_token is not None:
+        given = request.headers.get("Authorization", "")
+        if not hmac.compare_digest(given.encode(), f"Bearer {api_token}".encode()):
+            raise errors.Unauthorized("missing or wrong API token (Authorization: Bearer ...)")
+        return
+    host = request.headers.get("Host", "")
+    if host not in allowed_hosts(request.scope.get("server")):
+        raise errors.ForbiddenOrigin(
+            f"Host {host[:100]!r} is not this node; call it as http://127.0.0.1:PORT (or set an API token)"
+        )
+    origin = request.headers.get("Origin")
+    if origin is not None and origin != f"http://{host}":
+        raise errors.ForbiddenOrigin("requests from another site's page are refused; set an API token for remote use")
+    if request.headers.get("Sec-Fetch-Site", "").lower() == "cross-site":
+        raise errors.ForbiddenOrigin("requests from another site's page are refused; set an API token for remote use")
+
+
+def allowed_hosts(server: tuple[str, int | None] | None) -> set[str]:
+    """Every spelling of this server's Host header: its own address and the loopback names."""
+    if not server:  # no TCP address (an in-process test client): only the bare loopback names
+        return set(_LOOPBACK_NAMES)
+    address, port = server[0], server[1]
+    shown = f"[{address}]" if ":" in address else address
+    names = {shown, *_LOOPBACK_NAMES}
+    if port is None:
+        return names
+    hosts = {f"{name}:{port}" for name in names}
+    if port == 80:
+        hosts |= names
+    return hosts

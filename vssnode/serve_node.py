@@ -1,0 +1,56 @@
+"""`vssnode run`: serve one node's API through hypercorn until SIGINT or SIGTERM.
+
+The node API listens on loopback unless an API token is set: without a token anyone
+who can reach the port controls the node, so a non-loopback `--listen` without one is
+refused at start (exit 2). The listening line is printed only once the port is bound.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from node.config import ConfigError, NodeConfig, is_loopback_host
+from vss.serve import parse_listen, serve_until_signalled
+from vssnode.console import fail
+
+log = logging.getLogger(__name__)
+
+
+def run_node(config: NodeConfig) -> int:
+    """Serve until signalled; returns the exit status."""
+    try:
+        host, port = parse_listen(config.listen)
+    except ValueError as exc:
+        return fail("vssnode", ConfigError(f"--listen: {exc}"), 2)
+    if not is_loopback_host(host) and config.api_token is None:
+        return fail("vssnode", ConfigError(
+            f"--listen {config.listen} is not a loopback address: set an API token (--api-token-file or "
+            "VSSNODE_API_TOKEN), or anyone who can reach the port controls the node"
+        ), 2)
+    try:
+        asyncio.run(_serve(config))
+    except ConfigError as exc:  # the data dir: another network, in use by another process
+        return fail("vssnode", exc, 2)
+    except KeyboardInterrupt:
+        return 0
+    except Exception as exc:  # noqa: BLE001 -- start-up failures: the port is taken, the disk is full
+        return fail("vssnode", exc, 1)
+    return 0
+
+
+async def _serve(config: NodeConfig) -> None:
+    from hypercorn.config import Config
+
+    from vssnode.http_api import create_app
+
+    app = create_app(config)
+    hyper = Config()
+    hyper.bind = [config.listen]
+    hyper.accesslog = None
+
+    def announce(urls: list[str]) -> None:
+        print(f"vssnode: node API on {', '.join(urls)} (data dir {config.data_dir}, VSS {config.vss_url or 'off'})",
+              flush=True)
+
+    await serve_until_signalled(app, hyper, on_bound=announce)
