@@ -13,6 +13,7 @@ import pytest
 
 import vss.client
 from vss.auth import verify_header
+from vss.backoff import Backoff
 from vss.client import FixedHeaders, RetryPolicy, SignatureAuth, VssClient
 from vss.errors import (
     AuthError,
@@ -639,3 +640,12 @@ async def test_real_transport_connection_refused_is_unavailable(sleeps: list[flo
         assert client.http_engine == ("aiohttp" if anyio_backend == "asyncio" else "httpx")
     assert "Connect" in str(caught.value)
     assert len(sleeps) == FAST.attempts - 1
+
+
+def test_retry_policy_delays_come_from_backoff() -> None:
+    # One backoff implementation in the project: RetryPolicy's delays are Backoff's.
+    policy = RetryPolicy(attempts=5, base_delay_s=0.2, max_total_s=100)
+    assert policy.backoff == Backoff(base_s=0.2, max_s=100)
+    got = list(policy.delays(random.Random(3)))
+    rng = random.Random(3)
+    assert got == [policy.backoff.delay(retry, rng) for retry in range(1, 5)]

@@ -369,13 +369,22 @@ def _basic_authorization(url: httpx.URL) -> str | None:
 
 
 def _describe(exc: BaseException) -> str:
-    """`Type: message` on one line; with the type of the exception it was mapped from,
-    as httpx-aiohttp names some refused connections ConnectTimeout."""
+    """`Type: message` on one line, for an operator. The type it was mapped from is
+    named too (httpx-aiohttp calls some refused connections ConnectTimeout), and an
+    empty message is taken from the causes (httpcore on trio says nothing about a
+    certificate that failed to verify; the ssl error under it does)."""
     name = type(exc).__name__
     cause = exc.__cause__
     if cause is not None and type(cause).__name__ != name:
         name = f"{name} from {type(cause).__name__}"
-    return f"{name}: {' '.join(str(exc).split()) or 'no detail'}"
+    detail = ""
+    inner: BaseException | None = exc
+    for _ in range(4):  # a mapped error is a few causes deep at most
+        if inner is None or detail:
+            break
+        detail = " ".join(str(inner).split())
+        inner = inner.__cause__ or inner.__context__
+    return f"{name}: {detail or 'no detail'}"
 
 
 def _error_from_response(method: str, status: int, content: bytes, display_url: str) -> VssError:
