@@ -52,16 +52,9 @@ from vss.client_auth import (
     SignatureAuth,
     headers_auth,
 )
+from vss.client_errors import describe_failure, error_from_response
 from vss.client_retry import RetryPolicy
-from vss.errors import (
-    ERRORS_BY_CODE,
-    AuthError,
-    InternalServerError,
-    InvalidRequestError,
-    RequestTooLargeError,
-    VssError,
-    VssUnavailableError,
-)
+from vss.errors import AuthError, VssError, VssUnavailableError
 from vss.proto import vss_pb2
 from vss.transport import Backend, BodyTooLarge, Connections, read_body, trust_context, unused_tls_context
 
@@ -149,7 +142,7 @@ class VssClient:
         needs_tls = ca_file is not None or (url.scheme == "https" and transport is None)
         tls = trust_context(ca_file) if needs_tls else unused_tls_context()
         self._connections = Connections(
-            transport=transport, backend=http_backend, max_connections=max_connections, tls=lambda: tls
+            transport=transport, backend=http_backend, max_connections=max_connections, tls=tls
         )
 
     @property
@@ -340,7 +333,7 @@ class VssClient:
             # No exception of httpx, aiohttp or the OS includes request headers, so the
             # Authorization stays out; the URL is given without its userinfo.
             raise VssUnavailableError(
-                f"VSS {method}: could not reach {self._display_url} ({_describe(exc)})"
+                f"VSS {method}: could not reach {self._display_url} ({describe_failure(exc)})"
             ) from exc
         if response.status_code == 200:
             parsed: _ResponseT = response_type()
@@ -357,7 +350,7 @@ class VssClient:
                     "is a proxy in the way?"
                 )
             return parsed
-        raise _error_from_response(method, response.status_code, content, self._display_url)
+        raise error_from_response(method, response.status_code, content, self._display_url)
 
 
 def _basic_authorization(url: httpx.URL) -> str | None:
@@ -366,54 +359,3 @@ def _basic_authorization(url: httpx.URL) -> str | None:
         return None
     token = base64.b64encode(f"{url.username}:{url.password}".encode()).decode("ascii")
     return f"Basic {token}"
-
-
-def _describe(exc: BaseException) -> str:
-    """`Type: message` on one line, for an operator. The type it was mapped from is
-    named too (httpx-aiohttp calls some refused connections ConnectTimeout), and an
-    empty message is taken from the causes (httpcore on trio says nothing about a
-    certificate that failed to verify; the ssl error under it does)."""
-    name = type(exc).__name__
-    cause = exc.__cause__
-    if cause is not None and type(cause).__name__ != name:
-        name = f"{name} from {type(cause).__name__}"
-    detail = ""
-    inner: BaseException | None = exc
-    for _ in range(4):  # a mapped error is a few causes deep at most
-        if inner is None or detail:
-            break
-        detail = " ".join(str(inner).split())
-        inner = inner.__cause__ or inner.__context__
-    return f"{name}: {detail or 'no detail'}"
-
-
-def _error_from_response(method: str, status: int, content: bytes, display_url: str) -> VssError:
-    """Map a non-200 answer to the typed error the caller can act on."""
-    if status == 413:
-        return RequestTooLargeError(
-            f"VSS {method}: request body is over the server's size limit; "
-            "send fewer or smaller items"
-        )
-    try:
-        parsed = vss_pb2.ErrorResponse.FromString(content)
-    except DecodeError:
-        parsed = None
-    if parsed is not None and parsed.error_code in ERRORS_BY_CODE:
-        error_type = ERRORS_BY_CODE[parsed.error_code]
-        message = parsed.message or (
-            f"VSS {method}: server answered {vss_pb2.ErrorCode.Name(parsed.error_code)} "
-            f"(HTTP {status}) without a message"
-        )
-        error = error_type(message)
-        error.add_note(f"VSS {method}: HTTP {status}")
-        return error
-    # Not a VSS error body: a proxy, a load balancer or a wrong URL answered. Never map
-    # this to NO_SUCH_KEY or CONFLICT: a misrouted 404 must not look like an empty store.
-    summary = f"VSS {method}: HTTP {status} without a VSS error body"
-    if status >= 500:
-        return InternalServerError(f"{summary}; the server or a proxy in front of it failed")
-    if status in (401, 403):
-        return AuthError(f"{summary}; the server or a proxy refused our credentials")
-    if status == 400:
-        return InvalidRequestError(f"{summary}; the request was rejected as malformed")
-    return VssUnavailableError(f"{summary}; is {display_url!r} a VSS base URL?")
