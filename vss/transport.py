@@ -32,6 +32,7 @@ import sniffio
 
 __all__ = [
     "CONNECTIONS_PER_POOL",
+    "KEEPALIVE_S",
     "Backend",
     "BodyTooLarge",
     "Connections",
@@ -44,6 +45,10 @@ __all__ = [
 
 Backend = Literal["auto", "aiohttp", "httpx"]
 CONNECTIONS_PER_POOL = 8  # httpcore pool size past which its per-request matching shows
+# An idle connection is dropped before servers drop theirs (hypercorn, the bundled
+# server's, after 5 s): reusing one the server is closing at that instant fails the
+# request, which then costs a retry and a warning.
+KEEPALIVE_S = 4.0
 
 
 def trust_context(ca_file: str | os.PathLike[str] | None) -> ssl.SSLContext:
@@ -104,7 +109,7 @@ def httpcore_transport(max_connections: int, tls: ssl.SSLContext) -> httpx.Async
     """httpx's own transport, in pools of at most CONNECTIONS_PER_POOL used in turn."""
     pools = max(1, -(-max_connections // CONNECTIONS_PER_POOL))
     per_pool = -(-max_connections // pools)
-    limits = httpx.Limits(max_connections=per_pool, max_keepalive_connections=per_pool)
+    limits = httpx.Limits(max_connections=per_pool, max_keepalive_connections=per_pool, keepalive_expiry=KEEPALIVE_S)
     shards: list[httpx.AsyncBaseTransport] = [httpx.AsyncHTTPTransport(verify=tls, limits=limits) for _ in range(pools)]
     return shards[0] if pools == 1 else ShardedTransport(shards)
 
@@ -120,7 +125,7 @@ def aiohttp_transport(max_connections: int, tls: ssl.SSLContext) -> httpx.AsyncB
     from httpx_aiohttp import AiohttpTransport
 
     def session() -> aiohttp.ClientSession:
-        connector = aiohttp.TCPConnector(limit=max_connections, ssl=tls)
+        connector = aiohttp.TCPConnector(limit=max_connections, ssl=tls, keepalive_timeout=KEEPALIVE_S)
         return aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar(), auto_decompress=False)
 
     return AiohttpTransport(verify=tls, client=session)
