@@ -379,3 +379,21 @@ def test_bad_ca_file_is_a_one_line_value_error(tmp_path: Path, no_ca_env: None, 
     with pytest.raises(ValueError, match="SSL_CERT_FILE"):
         VssClient("https://vss.test/vss")
     VssClient("http://vss.test/vss")  # http without ca_file never loads CAs
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+@pytest.mark.anyio
+async def test_aiohttp_errors_are_unavailable_under_a_callers_transport_too() -> None:
+    from vss.transport import aiohttp_transport, unused_tls_context
+
+    async def garbage(stream: ByteStream) -> None:
+        await read_request(stream)
+        await stream.send(b"NOT HTTP AT ALL\r\n\r\n")
+
+    async with stub_server(garbage) as url:
+        transport = aiohttp_transport(2, unused_tls_context())
+        async with VssClient(url, retry=ONCE, transport=transport) as client:
+            with anyio.fail_after(STUB_TIMEOUT_S):
+                with pytest.raises(VssUnavailableError, match="could not reach"):
+                    await client.get_object("s", "k")
+            assert client.http_engine == "caller's transport"
