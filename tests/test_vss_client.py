@@ -13,6 +13,7 @@ import pytest
 
 import vss.client
 from vss.auth import verify_header
+from vss.backoff import Backoff
 from vss.client import FixedHeaders, RetryPolicy, SignatureAuth, VssClient
 from vss.errors import (
     AuthError,
@@ -624,15 +625,27 @@ async def test_concurrent_calls_share_one_client() -> None:
 
 
 @pytest.mark.anyio
-async def test_real_transport_connection_refused_is_unavailable(sleeps: list[float]) -> None:
-    # The default httpcore transport, not a mock: proves the pooled client runs on this backend.
+async def test_real_transport_connection_refused_is_unavailable(sleeps: list[float], anyio_backend: str) -> None:
+    # The client's own transport, not a mock: aiohttp on asyncio, httpcore on trio.
     import socket
 
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     client = VssClient(f"http://127.0.0.1:{port}/vss", retry=FAST, timeout_s=5.0)
+    assert client.http_engine == "not chosen yet"
     async with client:
-        with pytest.raises(VssUnavailableError, match="ConnectError"):
+        with pytest.raises(VssUnavailableError, match="could not reach") as caught:
             await client.get_object(STORE, "k")
+        assert client.http_engine == ("aiohttp" if anyio_backend == "asyncio" else "httpx")
+    assert "Connect" in str(caught.value)
     assert len(sleeps) == FAST.attempts - 1
+
+
+def test_retry_policy_delays_come_from_backoff() -> None:
+    # One backoff implementation in the project: RetryPolicy's delays are Backoff's.
+    policy = RetryPolicy(attempts=5, base_delay_s=0.2, max_total_s=100)
+    assert policy.backoff == Backoff(base_s=0.2, max_s=100)
+    got = list(policy.delays(random.Random(3)))
+    rng = random.Random(3)
+    assert got == [policy.backoff.delay(retry, rng) for retry in range(1, 5)]

@@ -1,68 +1,86 @@
 """An async client for a VSS server, on httpx, usable from asyncio and trio.
 
-What it owns: a few small pools of `httpx.AsyncClient` connections, used in turn,
-pointed at a base URL ending in `/vss`.
+What it owns: one httpx transport (vss/transport.py picks its engine at first use:
+aiohttp on asyncio, httpx's own on trio; or the caller's), pointed at a base URL
+ending in `/vss`.
 What it receives: the four VSS calls as Python method calls with protobuf messages.
 What it sends: `POST {base}/<call>` with a protobuf body, plus whatever headers the
-`AuthProvider` returns for that request (a signature is reused for a few seconds).
+`AuthProvider` returns for that request (vss/client_auth.py).
 What it guarantees:
 - a call either returns the decoded response or raises a `vss.errors.VssError`
-  subclass; the caller never sees an httpx or protobuf exception;
-- transient failures (5xx, transport errors, garbage from a broken proxy) are retried
-  with exponential backoff within `RetryPolicy`; CONFLICT, NO_SUCH_KEY, AUTH,
-  INVALID_REQUEST and 413 are final and raised at once, because retrying cannot help;
-- the Authorization header and private keys are never logged or put in a repr.
+  subclass; the caller never sees an httpx, aiohttp or protobuf exception;
+- transient failures (5xx, transport errors, garbage from a broken proxy, a body over
+  `max_response_bytes`) are retried with exponential backoff within `RetryPolicy`;
+  CONFLICT, NO_SUCH_KEY, AUTH, INVALID_REQUEST and 413 are final and raised at once,
+  because retrying cannot help. The one exception: after an AUTH error, a provider
+  whose credentials can be refreshed (`RefreshableAuth`, e.g. a `HeaderFile` holding a
+  token that expired) is asked to refresh, and the call is tried once more if the
+  headers changed;
+- no response body is read past `max_response_bytes`, whatever the server sends;
+- header values and private keys are never logged or put in a repr or an error.
 
 A retried `putObjects` whose first response was lost may come back as CONFLICT for a
 conditional write that in fact committed: the client cannot tell, so it raises the
 CONFLICT and the caller, which knows what it wrote, decides.
 
-The transport is a parameter, so tests drive the client with `httpx.MockTransport`.
+Requests go straight to the transport as `httpx.Request`s, not through
+`httpx.AsyncClient`: its cookie jar, auth flow, redirects and URL merging cost about a
+third of the client's CPU per call and do nothing for VSS. Tests drive the client
+with `httpx.MockTransport` passed as `transport=`.
 """
 
 from __future__ import annotations
 
-import itertools
+import base64
 import logging
-import random
-import ssl
-import time
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+import os
+from collections.abc import AsyncIterator, Sequence
 from types import TracebackType
-from typing import Protocol, TypeVar
+from typing import TypeVar
 
 import anyio
-import coincurve
 import httpx
 from google.protobuf.message import DecodeError, Message
 
-from vss.auth import sign_header
-from vss.errors import (
-    ERRORS_BY_CODE,
-    AuthError,
-    InternalServerError,
-    InvalidRequestError,
-    RequestTooLargeError,
-    VssError,
-    VssUnavailableError,
+from vss.client_auth import (
+    SIGNATURE_REUSE_S,
+    AuthProvider,
+    CombinedAuth,
+    FixedHeaders,
+    HeaderFile,
+    RefreshableAuth,
+    SignatureAuth,
+    headers_auth,
 )
+from vss.client_errors import describe_failure, error_from_response
+from vss.client_retry import RetryPolicy
+from vss.errors import AuthError, VssError, VssUnavailableError
 from vss.proto import vss_pb2
+from vss.transport import Backend, BodyTooLarge, Connections, read_body, trust_context, unused_tls_context
 
 __all__ = [
+    "DEFAULT_MAX_RESPONSE_BYTES",
+    "SIGNATURE_REUSE_S",
     "AuthProvider",
+    "CombinedAuth",
     "FixedHeaders",
+    "HeaderFile",
+    "RefreshableAuth",
     "RetryPolicy",
     "SignatureAuth",
     "VssClient",
+    "headers_auth",
 ]
 
 logger = logging.getLogger(__name__)
 
 CONTENT_TYPE = "application/octet-stream"
 USER_AGENT = "vssnode-vss-client/0.1"
-SIGNATURE_REUSE_S = 10.0  # how long one Authorization signature is sent again
-_CONNECTIONS_PER_POOL = 8
+# The bundled server's largest request body, with room for the response's framing: a
+# getObject answer carries one value that a putObjects could store.
+DEFAULT_MAX_RESPONSE_BYTES = 64 * 1024 * 1024 + 1024 * 1024
+DEFAULT_RETRY = RetryPolicy()  # frozen: one shared default is safe
+_CALLS = ("getObject", "putObjects", "deleteObject", "listKeyVersions")
 
 _ResponseT = TypeVar("_ResponseT", bound=Message)
 
@@ -70,117 +88,22 @@ _ResponseT = TypeVar("_ResponseT", bound=Message)
 _sleep = anyio.sleep
 
 
-# --------------------------------------------------------------------------- auth
-
-
-class AuthProvider(Protocol):
-    """Supplies the headers that authorize one request.
-
-    Called once per HTTP request, retries included, so a provider can sign with the
-    current time (the server rejects signatures more than 24 h from its clock).
-    """
-
-    def headers(self) -> Mapping[str, str]: ...
-
-
-class SignatureAuth:
-    """The reference server's default authorizer: a secp256k1 signature over the time.
-
-    `user_id` is the lower-case compressed-pubkey hex, the name the server gives this
-    user's data; the reference server keys users by the hex exactly as sent, which is
-    why `sign_header` always sends lower case.
-    """
-
-    def __init__(self, private_key: bytes) -> None:
-        if len(private_key) != 32:
-            raise ValueError("VSS signing key must be 32 bytes")
-        try:
-            public_key = coincurve.PrivateKey(bytes(private_key)).public_key
-        except ValueError as exc:
-            raise ValueError("VSS signing key is not a valid secp256k1 private key") from exc
-        self._private_key = bytes(private_key)
-        self.user_id: str = public_key.format(compressed=True).hex()
-        self._signed_at = -SIGNATURE_REUSE_S
-        self._header = ""
-
-    def headers(self) -> Mapping[str, str]:
-        # A signature proves the key for a time the server accepts within 24 hours, so
-        # reusing one for a few seconds gives nothing away and saves an ECDSA signing
-        # per request on the restore's hot path.
-        now = time.monotonic()
-        if now - self._signed_at >= SIGNATURE_REUSE_S:
-            self._header = sign_header(self._private_key)
-            self._signed_at = now
-        return {"Authorization": self._header}
-
-    def __repr__(self) -> str:
-        # Never show the key: reprs end up in logs and tracebacks.
-        return f"SignatureAuth(user_id={self.user_id!r})"
-
-
-class FixedHeaders:
-    """Sends the same headers on every request (e.g. a bearer token from a JWT proxy)."""
-
-    def __init__(self, headers: Mapping[str, str]) -> None:
-        self._headers = dict(headers)
-
-    def headers(self) -> Mapping[str, str]:
-        return dict(self._headers)
-
-    def __repr__(self) -> str:
-        # Header values are usually credentials; show only the names.
-        return f"FixedHeaders(names={sorted(self._headers)!r})"
-
-
-# -------------------------------------------------------------------------- retry
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    """How often and how patiently to retry a transient failure.
-
-    `attempts` counts every try, the first included. Between tries the client sleeps
-    `base_delay_s`, then twice that, and so on (times a little jitter, so many nodes
-    that lost the same server do not come back in lock step); the sleeps of one call
-    add up to at most `max_total_s`. The defaults match rgb-lightning-node's clients.
-    """
-
-    attempts: int = 3
-    base_delay_s: float = 0.1
-    max_total_s: float = 5.0
-
-    def __post_init__(self) -> None:
-        if self.attempts < 1:
-            raise ValueError("RetryPolicy.attempts must be at least 1")
-        if self.base_delay_s < 0 or self.max_total_s < 0:
-            raise ValueError("RetryPolicy delays must not be negative")
-
-    def delays(self, rng: random.Random | None = None) -> Iterator[float]:
-        """Yield the sleep before each retry: at most `attempts - 1` values.
-
-        Stops early once the sleep budget `max_total_s` is spent; the last delay is
-        cut short so the total never exceeds the budget.
-        """
-        uniform = (rng or random).uniform
-        slept = 0.0
-        for retry in range(self.attempts - 1):
-            wanted = self.base_delay_s * (2**retry) * uniform(1.0, 1.25)
-            budget = self.max_total_s - slept
-            if wanted > 0 and budget <= 0:
-                return
-            delay = min(wanted, max(budget, 0.0))
-            slept += delay
-            yield delay
-
-
-# ------------------------------------------------------------------------- client
-
-
 class VssClient:
-    """One VSS server, spoken to over a pooled HTTP connection.
+    """One VSS server, spoken to over pooled keep-alive connections.
 
     Use it as an async context manager, or call `aclose()` when done, so pooled
-    connections are released. Safe to share between tasks.
+    connections are released. Safe to share between the tasks of one event loop.
+
+    - `transport`: an httpx transport to send every request on (tests, fault
+      injection); then `max_connections`, `ca_file` and `http_backend` do not apply.
+    - `max_connections`: connections kept to the server at most.
+    - `max_response_bytes`: the most of a response body ever read; a longer one is
+      abandoned and raised as a retryable VssUnavailableError. Give it the largest
+      value the caller stores, plus headroom.
+    - `ca_file`: a PEM file of the CAs trusted for https, instead of `SSL_CERT_FILE`
+      or the system's. A missing or unloadable file is a ValueError here.
+    - `http_backend`: "auto" (aiohttp on asyncio, httpx's own transport elsewhere),
+      "aiohttp" or "httpx" to force one.
     """
 
     def __init__(
@@ -190,40 +113,46 @@ class VssClient:
         *,
         transport: httpx.AsyncBaseTransport | None = None,
         timeout_s: float = 10.0,
-        retry: RetryPolicy = RetryPolicy(),
+        retry: RetryPolicy = DEFAULT_RETRY,
         max_connections: int = 16,
+        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
+        ca_file: str | os.PathLike[str] | None = None,
+        http_backend: Backend = "auto",
     ) -> None:
         url = httpx.URL(base_url)
         if url.scheme not in ("http", "https"):
             # Fail at construction: otherwise every call would "retry" a config error.
             raise ValueError(f"VSS base URL must be http(s)://..., got scheme {url.scheme!r}")
-        self._base_url = base_url.rstrip("/")
+        if max_response_bytes < 1:
+            raise ValueError("VSS max_response_bytes must be at least 1")
+        plain = url.copy_with(userinfo=b"")
+        base = str(plain).rstrip("/")
         # For messages and logs: a URL may carry user:password, which must not leak.
-        self._display_url = str(url.copy_with(userinfo=b"")).rstrip("/")
+        self._display_url = base
+        self._urls = {call: httpx.URL(f"{base}/{call}") for call in _CALLS}
+        self._headers = {"Content-Type": CONTENT_TYPE, "User-Agent": USER_AGENT, "Accept-Encoding": "identity"}
+        # Credentials in the URL are HTTP Basic and win over the provider's, as they did
+        # when this client went through httpx.AsyncClient; the URL sent carries none.
+        self._url_authorization = _basic_authorization(url)
         self._auth = auth
         self._retry = retry
-        # httpcore matches every waiting request against every pooled connection, so
-        # one pool of many connections costs O(connections) CPU per request; several
-        # small pools used in turn keep that cost flat. A caller-given transport is
-        # one pool of its own making, shared by a single client.
-        pools = 1 if transport is not None else max(1, -(-max_connections // _CONNECTIONS_PER_POOL))
-        per_pool = -(-max_connections // pools)
-        tls = ssl.create_default_context()  # built once: loading CA certificates is slow
-        self._pools = [
-            httpx.AsyncClient(
-                transport=transport,
-                verify=tls,
-                timeout=httpx.Timeout(timeout_s),
-                limits=httpx.Limits(max_connections=per_pool, max_keepalive_connections=per_pool),
-                headers={"User-Agent": USER_AGENT},
-            )
-            for _ in range(pools)
-        ]
-        self._next_pool = itertools.cycle(self._pools)
+        self._max_response_bytes = max_response_bytes
+        self._extensions = {"timeout": httpx.Timeout(timeout_s).as_dict()}
+        # The CAs are loaded now, once, so a bad ca_file fails here and not per call.
+        needs_tls = ca_file is not None or (url.scheme == "https" and transport is None)
+        tls = trust_context(ca_file) if needs_tls else unused_tls_context()
+        self._connections = Connections(
+            transport=transport, backend=http_backend, max_connections=max_connections, tls=tls
+        )
+
+    @property
+    def http_engine(self) -> str:
+        """What carries the requests: "aiohttp", "httpx", the caller's transport, or
+        "not chosen yet" before the first call."""
+        return self._connections.engine
 
     async def aclose(self) -> None:
-        for pool in self._pools:
-            await pool.aclose()
+        await self._connections.aclose()
 
     async def __aenter__(self) -> VssClient:
         return self
@@ -342,9 +271,16 @@ class VssClient:
         body = request.SerializeToString()
         delays = self._retry.delays()
         attempt = 1
+        refreshed = False
         while True:
             try:
                 return await self._attempt(method, body, response_type, required_field)
+            except AuthError:
+                # 401 means the server did nothing, so one more try is always safe.
+                if refreshed or not self._refresh_auth():
+                    raise
+                refreshed = True
+                logger.info("VSS %s: credentials refused; trying once more with refreshed headers", method)
             except VssError as error:
                 if not error.retryable:
                     raise
@@ -364,6 +300,10 @@ class VssClient:
                 await _sleep(delay)
                 attempt += 1
 
+    def _refresh_auth(self) -> bool:
+        """Ask a refreshable provider for new credentials; True if they changed."""
+        return isinstance(self._auth, RefreshableAuth) and self._auth.refresh()
+
     async def _attempt(
         self,
         method: str,
@@ -372,20 +312,33 @@ class VssClient:
         required_field: str | None,
     ) -> _ResponseT:
         """One HTTP exchange, turned into a response message or a typed VssError."""
-        headers = {"Content-Type": CONTENT_TYPE}
+        headers = dict(self._headers)
         if self._auth is not None:
             headers.update(self._auth.headers())
-        url = f"{self._base_url}/{method}"
+        if self._url_authorization is not None:
+            headers["Authorization"] = self._url_authorization
+        request = httpx.Request("POST", self._urls[method], headers=headers, content=body, extensions=self._extensions)
+        connections = self._connections
         try:
-            response = await next(self._next_pool).post(url, content=body, headers=headers)
-        except httpx.RequestError as exc:
-            # str(exc) never includes request headers, so the Authorization stays out.
+            response = await connections.get().handle_async_request(request)
+            try:
+                content = await read_body(response, self._max_response_bytes)
+            finally:
+                await response.aclose()
+        except BodyTooLarge as exc:
             raise VssUnavailableError(
-                f"VSS {method}: could not reach {self._display_url} ({type(exc).__name__}: {exc})"
+                f"VSS {method}: {exc} (the client's max_response_bytes); is a proxy in the way?"
+            ) from None
+        except connections.failures as exc:
+            # No exception of httpx, aiohttp or the OS includes request headers, so the
+            # Authorization stays out; the URL is given without its userinfo.
+            raise VssUnavailableError(
+                f"VSS {method}: could not reach {self._display_url} ({describe_failure(exc)})"
             ) from exc
         if response.status_code == 200:
+            parsed: _ResponseT = response_type()
             try:
-                parsed = response_type.FromString(response.content)
+                parsed.ParseFromString(content)
             except DecodeError as exc:
                 raise VssUnavailableError(
                     f"VSS {method}: HTTP 200 body is not a {response_type.__name__}; "
@@ -397,37 +350,12 @@ class VssClient:
                     "is a proxy in the way?"
                 )
             return parsed
-        raise _error_from_response(method, response, self._display_url)
+        raise error_from_response(method, response.status_code, content, self._display_url)
 
 
-def _error_from_response(method: str, response: httpx.Response, display_url: str) -> VssError:
-    """Map a non-200 answer to the typed error the caller can act on."""
-    status = response.status_code
-    if status == 413:
-        return RequestTooLargeError(
-            f"VSS {method}: request body is over the server's size limit; "
-            "send fewer or smaller items"
-        )
-    try:
-        parsed = vss_pb2.ErrorResponse.FromString(response.content)
-    except DecodeError:
-        parsed = None
-    if parsed is not None and parsed.error_code in ERRORS_BY_CODE:
-        error_type = ERRORS_BY_CODE[parsed.error_code]
-        message = parsed.message or (
-            f"VSS {method}: server answered {vss_pb2.ErrorCode.Name(parsed.error_code)} "
-            f"(HTTP {status}) without a message"
-        )
-        error = error_type(message)
-        error.add_note(f"VSS {method}: HTTP {status}")
-        return error
-    # Not a VSS error body: a proxy, a load balancer or a wrong URL answered. Never map
-    # this to NO_SUCH_KEY or CONFLICT: a misrouted 404 must not look like an empty store.
-    summary = f"VSS {method}: HTTP {status} without a VSS error body"
-    if status >= 500:
-        return InternalServerError(f"{summary}; the server or a proxy in front of it failed")
-    if status in (401, 403):
-        return AuthError(f"{summary}; the server or a proxy refused our credentials")
-    if status == 400:
-        return InvalidRequestError(f"{summary}; the request was rejected as malformed")
-    return VssUnavailableError(f"{summary}; is {display_url!r} a VSS base URL?")
+def _basic_authorization(url: httpx.URL) -> str | None:
+    """The Basic Authorization header for credentials given in the URL, if any."""
+    if not url.userinfo:
+        return None
+    token = base64.b64encode(f"{url.username}:{url.password}".encode()).decode("ascii")
+    return f"Basic {token}"

@@ -1,0 +1,399 @@
+"""VssClient's transports, on asyncio (aiohttp) and trio (httpcore): the engine chosen,
+the bundled server spoken to, response bodies capped, broken answers, https trust."""
+
+from __future__ import annotations
+
+import contextlib
+import ssl
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import anyio
+import httpx
+import pytest
+import trustme
+from anyio.abc import ByteStream, SocketAttribute
+from anyio.streams.tls import TLSListener
+from conftest import RunningVssServer
+
+from vss.client import DEFAULT_MAX_RESPONSE_BYTES, RetryPolicy, SignatureAuth, VssClient
+from vss.errors import InternalServerError, NoSuchKeyError, VssUnavailableError
+from vss.proto import vss_pb2
+
+SIGNING_KEY = bytes.fromhex("4b78cf03b10fe46e63552fccc1217d62d654542969f0d994d91440cdbb5f0ee2")
+ONCE = RetryPolicy(attempts=1)
+STUB_TIMEOUT_S = 10.0  # bounds every wait on a stub server; a pass takes milliseconds
+
+Handler = Callable[[ByteStream], Awaitable[None]]
+
+
+@pytest.fixture(params=["asyncio", "trio"], scope="module")
+def anyio_backend(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+def engine_for(anyio_backend: str) -> str:
+    return "aiohttp" if anyio_backend == "asyncio" else "httpx"
+
+
+# ------------------------------------------------------------------------ stub servers
+
+
+async def read_request(stream: ByteStream) -> bytes:
+    """Read one HTTP/1.1 request with a Content-Length body; return the body."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += await stream.receive()
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = 0
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            length = int(value)
+    while len(body) < length:
+        body += await stream.receive()
+    return body
+
+
+def http_answer(status: int, body: bytes) -> bytes:
+    head = (
+        f"HTTP/1.1 {status} X\r\nContent-Type: application/octet-stream\r\n"
+        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    )
+    return head.encode() + body
+
+
+@contextlib.asynccontextmanager
+async def stub_server(handle: Handler, tls: ssl.SSLContext | None = None) -> AsyncIterator[str]:
+    """Serve `handle(stream)` for each connection on a loopback port; yield the base URL.
+
+    A handler's connection errors (the client hung up) end that connection only."""
+    listener = await anyio.create_tcp_listener(local_host="127.0.0.1")
+    port = listener.extra(SocketAttribute.local_port)
+    served = TLSListener(listener, tls, standard_compatible=False) if tls is not None else listener
+
+    async def guarded(stream: ByteStream) -> None:
+        async with stream:
+            with contextlib.suppress(anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+                await handle(stream)
+
+    async with served, anyio.create_task_group() as tg:
+        tg.start_soon(served.serve, guarded)
+        try:
+            yield f"{'https' if tls is not None else 'http'}://127.0.0.1:{port}/vss"
+        finally:
+            tg.cancel_scope.cancel()
+
+
+def one_value_handler(stored: vss_pb2.KeyValue) -> Handler:
+    async def handle(stream: ByteStream) -> None:
+        await read_request(stream)
+        await stream.send(http_answer(200, vss_pb2.GetObjectResponse(value=stored).SerializeToString()))
+
+    return handle
+
+
+# ------------------------------------------------------------------ the bundled server
+
+
+@pytest.mark.anyio
+async def test_every_call_against_the_bundled_server(vss_server: RunningVssServer, anyio_backend: str) -> None:
+    store = f"transport-{uuid.uuid4().hex}"
+    items = [vss_pb2.KeyValue(key=f"k{i}", version=0, value=bytes([i]) * 300) for i in range(5)]
+    async with VssClient(vss_server.url, SignatureAuth(SIGNING_KEY), max_connections=4) as client:
+        await client.put_objects(store, items, global_version=0)
+        assert client.http_engine == engine_for(anyio_backend)
+        async with anyio.create_task_group() as tg:
+            got: dict[str, bytes] = {}
+
+            async def fetch(key: str) -> None:
+                got[key] = (await client.get_object(store, key)).value
+
+            for item in items:
+                tg.start_soon(fetch, item.key)
+        assert got == {item.key: item.value for item in items}
+        listed = [(kv.key, kv.version) async for kv in client.iter_key_versions(store, page_size=2)]
+        assert sorted(listed) == [(f"k{i}", 1) for i in range(5)]
+        assert await client.get_global_version(store) == 1
+        await client.delete_object(store, vss_pb2.KeyValue(key="k0", version=1))
+        with pytest.raises(NoSuchKeyError):
+            await client.get_object(store, "k0")
+
+
+@pytest.mark.anyio
+async def test_httpx_engine_forced_on_asyncio(vss_server: RunningVssServer) -> None:
+    store = f"forced-{uuid.uuid4().hex}"
+    async with VssClient(vss_server.url, SignatureAuth(SIGNING_KEY), http_backend="httpx") as client:
+        await client.put_objects(store, [vss_pb2.KeyValue(key="k", version=-1, value=b"v")])
+        assert (await client.get_object(store, "k")).value == b"v"
+        assert client.http_engine == "httpx"
+
+
+@pytest.mark.parametrize("anyio_backend", ["trio"])
+@pytest.mark.anyio
+async def test_aiohttp_engine_refused_on_trio() -> None:
+    async with VssClient("http://127.0.0.1:9/vss", http_backend="aiohttp") as client:
+        with pytest.raises(RuntimeError, match="only on asyncio"):
+            await client.get_object("s", "k")
+
+
+def test_bad_backend_name_and_limits_rejected() -> None:
+    with pytest.raises(ValueError, match="http_backend"):
+        VssClient("http://vss.test/vss", http_backend="curl")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="max_connections"):
+        VssClient("http://vss.test/vss", max_connections=0)
+    with pytest.raises(ValueError, match="max_response_bytes"):
+        VssClient("http://vss.test/vss", max_response_bytes=0)
+
+
+@pytest.mark.anyio
+async def test_closed_client_refuses_calls() -> None:
+    client = VssClient("http://127.0.0.1:9/vss")
+    await client.aclose()
+    with pytest.raises(RuntimeError, match="closed"):
+        await client.get_object("s", "k")
+
+
+# ------------------------------------------------------------------ response size cap
+
+
+class CountingStream(httpx.AsyncByteStream):
+    """An endless body, counting what the client pulled from it and whether it closed it."""
+
+    def __init__(self, chunk: int = 4096) -> None:
+        self.chunk = chunk
+        self.pulled = 0
+        self.closed = False
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        while True:
+            self.pulled += self.chunk
+            yield b"\x00" * self.chunk
+
+    async def aclose(self) -> None:
+        self.closed = True
+
+
+@pytest.mark.anyio
+async def test_endless_streamed_body_is_cut_at_the_limit() -> None:
+    streams: list[CountingStream] = []
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        streams.append(CountingStream())
+        return httpx.Response(200, stream=streams[-1])
+
+    limit = 50_000
+    retry = RetryPolicy(attempts=2, base_delay_s=0.0, max_total_s=0.0)
+    async with VssClient("http://vss.test/vss", transport=httpx.MockTransport(handle), retry=retry,
+                         max_response_bytes=limit) as client:
+        with pytest.raises(VssUnavailableError, match=f"more than {limit} bytes") as caught:
+            await client.get_object("s", "k")
+    assert caught.value.retryable
+    assert len(streams) == 2  # retried like any other broken answer
+    for stream in streams:
+        assert limit < stream.pulled <= limit + stream.chunk
+        assert stream.closed
+
+
+@pytest.mark.anyio
+async def test_declared_length_over_the_limit_reads_nothing() -> None:
+    stream = CountingStream()
+    transport = httpx.MockTransport(lambda request: httpx.Response(200, headers={"Content-Length": "10001"}, stream=stream))
+    async with VssClient("http://vss.test/vss", transport=transport, retry=ONCE, max_response_bytes=10_000) as client:
+        with pytest.raises(VssUnavailableError, match="more than 10000 bytes"):
+            await client.get_object("s", "k")
+    assert stream.pulled == 0 and stream.closed
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("status", [200, 500])
+async def test_already_read_body_over_the_limit_refused(status: int) -> None:
+    body = vss_pb2.GetObjectResponse(value=vss_pb2.KeyValue(key="k", value=b"x" * 100)).SerializeToString()
+    transport = httpx.MockTransport(lambda request: httpx.Response(status, content=body))
+    async with VssClient("http://vss.test/vss", transport=transport, retry=ONCE, max_response_bytes=len(body) - 1) as client:
+        with pytest.raises(VssUnavailableError, match="more than"):
+            await client.get_object("s", "k")
+    async with VssClient("http://vss.test/vss", transport=transport, retry=ONCE, max_response_bytes=len(body)) as client:
+        if status == 200:
+            assert (await client.get_object("s", "k")).value == b"x" * 100
+        else:
+            with pytest.raises(InternalServerError):
+                await client.get_object("s", "k")
+
+
+def test_default_response_limit_holds_the_largest_request() -> None:
+    # The bundled server accepts bodies up to 64 MiB; a value stored so must come back.
+    assert DEFAULT_MAX_RESPONSE_BYTES > 64 * 1024 * 1024
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("framing", ["chunked", "until-close"])
+async def test_real_engine_stops_reading_an_endless_body(anyio_backend: str, framing: str) -> None:
+    total = 256 * 1024 * 1024  # far more than the limit plus every socket buffer on the way
+    sent = 0
+    hung_up = anyio.Event()
+    piece = b"\x00" * 65536
+    head = b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\n"
+    head += b"Transfer-Encoding: chunked\r\n\r\n" if framing == "chunked" else b"Connection: close\r\n\r\n"
+    frame = b"10000\r\n" + piece + b"\r\n" if framing == "chunked" else piece
+
+    async def endless(stream: ByteStream) -> None:
+        nonlocal sent
+        await read_request(stream)
+        await stream.send(head)
+        try:
+            while sent < total:
+                await stream.send(frame)
+                sent += len(piece)
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+            hung_up.set()
+
+    limit = 256 * 1024
+    async with stub_server(endless) as url:
+        async with VssClient(url, retry=ONCE, max_response_bytes=limit) as client:
+            with anyio.fail_after(STUB_TIMEOUT_S):
+                with pytest.raises(VssUnavailableError, match=f"more than {limit} bytes"):
+                    await client.get_object("s", "k")
+            assert client.http_engine == engine_for(anyio_backend)
+        with anyio.fail_after(STUB_TIMEOUT_S):
+            await hung_up.wait()
+    assert sent < total // 4
+
+
+@pytest.mark.anyio
+async def test_real_engine_refuses_a_declared_length_over_the_limit(anyio_backend: str) -> None:
+    hung_up = anyio.Event()
+
+    async def promise_a_lot(stream: ByteStream) -> None:
+        await read_request(stream)
+        await stream.send(b"HTTP/1.1 200 OK\r\nContent-Length: 1000000000\r\n\r\n" + b"\x00" * 1000)
+        try:
+            await stream.receive()  # the client hangs up rather than wait for the rest
+        except anyio.EndOfStream:
+            pass
+        hung_up.set()
+
+    async with stub_server(promise_a_lot) as url:
+        async with VssClient(url, retry=ONCE, max_response_bytes=1_000_000, timeout_s=60) as client:
+            with anyio.fail_after(STUB_TIMEOUT_S):
+                with pytest.raises(VssUnavailableError, match="more than 1000000 bytes"):
+                    await client.get_object("s", "k")
+        with anyio.fail_after(STUB_TIMEOUT_S):
+            await hung_up.wait()
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    "answer",
+    [b"NOT HTTP AT ALL\r\n\r\n", b"HTTP/1.1 200 OK\r\nContent-Length: nope\r\n\r\n", b""],
+    ids=["garbage", "bad-length", "hang-up"],
+)
+async def test_broken_answer_is_unavailable(anyio_backend: str, answer: bytes) -> None:
+    async def broken(stream: ByteStream) -> None:
+        await read_request(stream)
+        if answer:
+            await stream.send(answer)
+
+    async with stub_server(broken) as url:
+        async with VssClient(url, retry=ONCE) as client:
+            with anyio.fail_after(STUB_TIMEOUT_S):
+                with pytest.raises(VssUnavailableError, match="could not reach"):
+                    await client.get_object("s", "k")
+            assert client.http_engine == engine_for(anyio_backend)
+
+
+# -------------------------------------------------------------------------------- https
+
+
+@pytest.fixture(scope="module")
+def ca() -> trustme.CA:
+    return trustme.CA()
+
+
+@pytest.fixture
+def server_tls(ca: trustme.CA) -> ssl.SSLContext:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(context)
+    return context
+
+
+@pytest.fixture
+def ca_pem(ca: trustme.CA, tmp_path: Path) -> Path:
+    path = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(path))
+    return path
+
+
+@pytest.fixture
+def no_ca_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("SSL_CERT_FILE", raising=False)
+    monkeypatch.delenv("SSL_CERT_DIR", raising=False)
+
+
+STORED = vss_pb2.KeyValue(key="k", version=3, value=b"over tls")
+
+
+@pytest.mark.anyio
+async def test_https_with_ca_file(anyio_backend: str, server_tls: ssl.SSLContext, ca_pem: Path, no_ca_env: None) -> None:
+    async with stub_server(one_value_handler(STORED), server_tls) as url:
+        async with VssClient(url, retry=ONCE, ca_file=ca_pem) as client:
+            with anyio.fail_after(STUB_TIMEOUT_S):
+                assert await client.get_object("s", "k") == STORED
+            assert client.http_engine == engine_for(anyio_backend)
+
+
+@pytest.mark.anyio
+async def test_https_with_ssl_cert_file(
+    server_tls: ssl.SSLContext, ca_pem: Path, no_ca_env: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SSL_CERT_FILE", str(ca_pem))
+    async with stub_server(one_value_handler(STORED), server_tls) as url:
+        async with VssClient(url, retry=ONCE) as client:
+            with anyio.fail_after(STUB_TIMEOUT_S):
+                assert await client.get_object("s", "k") == STORED
+
+
+@pytest.mark.anyio
+async def test_https_untrusted_ca_refused(server_tls: ssl.SSLContext, no_ca_env: None) -> None:
+    async with stub_server(one_value_handler(STORED), server_tls) as url:
+        async with VssClient(url, retry=ONCE) as client:
+            with anyio.fail_after(STUB_TIMEOUT_S):
+                with pytest.raises(VssUnavailableError, match="(?i)certificate"):
+                    await client.get_object("s", "k")
+
+
+def test_bad_ca_file_is_a_one_line_value_error(tmp_path: Path, no_ca_env: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    garbage = tmp_path / "garbage.pem"
+    garbage.write_text("-----BEGIN CERTIFICATE-----\nnot base64 at all\n-----END CERTIFICATE-----\n")
+    cases = [(tmp_path / "missing.pem", "not found"), (tmp_path, "not found"), (garbage, "cannot be loaded")]
+    for path, reason in cases:
+        with pytest.raises(ValueError, match=reason) as caught:
+            VssClient("https://vss.test/vss", ca_file=path)
+        message = str(caught.value)
+        assert "\n" not in message and str(path) in message
+    # Checked even for http: a wrong path is a configuration error either way.
+    with pytest.raises(ValueError, match="not found"):
+        VssClient("http://vss.test/vss", ca_file=tmp_path / "missing.pem")
+    monkeypatch.setenv("SSL_CERT_FILE", str(tmp_path / "missing.pem"))
+    with pytest.raises(ValueError, match="SSL_CERT_FILE"):
+        VssClient("https://vss.test/vss")
+    VssClient("http://vss.test/vss")  # http without ca_file never loads CAs
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+@pytest.mark.anyio
+async def test_aiohttp_errors_are_unavailable_under_a_callers_transport_too() -> None:
+    from vss.transport import aiohttp_transport, unused_tls_context
+
+    async def garbage(stream: ByteStream) -> None:
+        await read_request(stream)
+        await stream.send(b"NOT HTTP AT ALL\r\n\r\n")
+
+    async with stub_server(garbage) as url:
+        transport = aiohttp_transport(2, unused_tls_context())
+        async with VssClient(url, retry=ONCE, transport=transport) as client:
+            with anyio.fail_after(STUB_TIMEOUT_S):
+                with pytest.raises(VssUnavailableError, match="could not reach"):
+                    await client.get_object("s", "k")
+            assert client.http_engine == "caller's transport"
