@@ -45,7 +45,7 @@ from node.keys import InvalidMnemonic, NodeKeys, derive_keys, generate_mnemonic,
 from node.mnemonic_vault import open_mnemonic, seal_mnemonic
 from node.store import LocalChange, LocalStore, Triple
 from node.wallet_files import BACKUP_REQUIRED, REMOTE_INCOMPLETE, REMOTE_UNREADABLE, WalletHome
-from vss.client import SignatureAuth, VssClient
+from vss.client import VssClient, headers_auth
 from vss.errors import VssError
 
 log = logging.getLogger(__name__)
@@ -264,10 +264,21 @@ class Node:
     def _new_port(self, keys: NodeKeys) -> VssPort:
         if self._vss_port is not None:
             return self._vss_port(keys)
-        assert self.config.vss_url is not None
-        return VssClient(
-            self.config.vss_url, SignatureAuth(keys.signing_key), transport=self._vss_transport, max_connections=64
-        )
+        config = self.config
+        assert config.vss_url is not None
+        try:
+            auth = headers_auth(keys.signing_key, dict(config.vss_headers), config.vss_header_file)
+            return VssClient(
+                config.vss_url,
+                auth,
+                transport=self._vss_transport,
+                max_connections=64,
+                # a value, once encrypted (7% larger), and the response around it
+                max_response_bytes=config.max_value_bytes + config.max_value_bytes // 8 + 1024 * 1024,
+                ca_file=config.vss_ca_file,
+            )
+        except ValueError as exc:  # the header file or the CA file became unusable
+            raise errors.VssUnavailable(f"cannot set up the VSS client: {exc}") from None
 
     # -- one unlocked session ----------------------------------------------------------
 

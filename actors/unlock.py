@@ -36,8 +36,8 @@ from node.config import NodeConfig
 from node.keys import NodeKeys
 from node.store import LocalStore, Triple
 from node.wallet_files import WalletHome
-from node.wording import counted
 from node.wallet_format import MANIFEST_KEY
+from node.wording import counted
 from vss.errors import NoSuchKeyError, VssError
 
 log = logging.getLogger(__name__)

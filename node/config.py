@@ -63,8 +63,9 @@ class NodeConfig:
             raise ConfigError("--vss-verify-interval must be 0 (off) or a number of seconds")
         if self.remote_write_timeout_s <= 0:
             raise ConfigError("--remote-write-timeout must be a positive number of seconds")
-        if self.vss_ca_file is not None and not Path(self.vss_ca_file).is_file():
-            raise ConfigError(f"--vss-ca-file {self.vss_ca_file}: no such file")
+        for flag, path in (("--vss-ca-file", self.vss_ca_file), ("--vss-header-file", self.vss_header_file)):
+            if path is not None and not Path(path).is_file():
+                raise ConfigError(f"{flag} {path}: no such file")
         if self.api_token is not None and not self.api_token:
             raise ConfigError("the API token is empty")
 

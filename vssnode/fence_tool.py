@@ -16,7 +16,7 @@ import anyio
 from actors.ownership_guard import clear_fence, read_fence
 from node import config as node_config
 from node.keys import InvalidMnemonic, derive_keys
-from vss.client import SignatureAuth, VssClient
+from vss.client import VssClient, headers_auth
 from vss.errors import VssError
 from vssnode.console import fail
 
@@ -28,13 +28,17 @@ def clear_fence_offline(args: argparse.Namespace) -> int:
         node_config.validate_vss_url(args.vss_url, allow_http=args.vss_allow_http)
         words = Path(args.mnemonic_file).read_text(encoding="utf-8")
         keys = derive_keys(words)
-    except (node_config.ConfigError, InvalidMnemonic) as exc:
+        fixed = dict(node_config.split_header(text) for text in args.vss_header or ())
+        header_file = Path(args.vss_header_file) if args.vss_header_file else None
+        auth = headers_auth(keys.signing_key, fixed, header_file)
+        client = VssClient(args.vss_url, auth, ca_file=args.vss_ca_file)
+    except (node_config.ConfigError, InvalidMnemonic, ValueError) as exc:
         return fail(COMMAND, exc, 2)
     except OSError as exc:
         return fail(COMMAND, node_config.ConfigError(f"cannot read {args.mnemonic_file}: {exc.strerror}"), 2)
 
     async def show_and_clear() -> int:
-        async with VssClient(args.vss_url, SignatureAuth(keys.signing_key)) as client:
+        async with client:
             owner, version = await read_fence(client, keys.kv_store_id)
             if owner is None:
                 print(f"the VSS store {keys.kv_store_id} has no ownership fence: nothing to clear")
