@@ -16,6 +16,10 @@ From a test, inside a trio task group:
         await proxy.go_up()            # same port again
         proxy.heal()                   # no faults, no latency
         print(proxy.figures())         # what it injected, by kind
+        proxy.retarget("http://127.0.0.1:8082")  # forward to another server from now on
+        proxy.hold_bodies_over(64 * 1024)        # hold large requests (wallet pieces) ...
+        proxy.release_held()                     # ... until released
+        proxy.record_calls = True      # then proxy.calls: each forwarded call, timed, with its status
 
 From a shell (benchmarks start it as a subprocess for injected latency):
 
@@ -24,6 +28,10 @@ From a shell (benchmarks start it as a subprocess for injected latency):
 
 It prints `fault-proxy: listening on http://127.0.0.1:PORT ...` once it accepts
 connections, and its counts as one JSON line when SIGINT or SIGTERM stops it.
+
+`in_flight` counts the requests it is handling (head read, answer not yet sent), those
+of clients that died meanwhile included: a test that kills a node waits for it to
+reach 0 before it reads the server, so no request of the dead node lands afterwards.
 
 What it guarantees: at most one fault per request, chosen with a seeded random
 generator (`random.Random(seed)`), so a run's sequence of choices is reproducible for
@@ -148,6 +156,22 @@ class FaultRates:
 NO_FAULTS = FaultRates()
 
 
+@dataclass(frozen=True)
+class CallRecord:
+    """One call the proxy forwarded (with `record_calls` on), on trio's clock."""
+
+    name: str  # the call, the last path segment: "putObjects", "getObject", ...
+    body_bytes: int
+    forwarded_at: float  # when the proxy sent it to the upstream
+    answered_at: float  # when the upstream's answer (or failure) came back
+    status: int  # the upstream's status; 502 when the upstream failed
+
+
+def call_name(target: str) -> str:
+    """The VSS call a request target names: `/vss/putObjects?x` -> `putObjects`."""
+    return target.rsplit("?", 1)[0].rsplit("/", 1)[-1]
+
+
 class FaultProxy:
     """One listening proxy. Set its fields from the test; they apply to the next request.
 
@@ -157,7 +181,10 @@ class FaultProxy:
     with `reset_open_connections()` so kept-alive ones do not carry on),
     `blackhole` (read requests, never answer), `paths` (None, or the set of call
     names, the last path segment such as "putObjects", that faults apply to; latency
-    applies to all). Read `counts` for what it did.
+    applies to all), `record_calls` (keep a `CallRecord` of every forwarded call in
+    `calls`).
+    Read `counts` for what it did, `in_flight` for the requests it is handling, `held`
+    for the requests `hold_bodies_over` holds back.
     """
 
     def __init__(
@@ -187,6 +214,12 @@ class FaultProxy:
         self.blackhole = False
         self.paths: frozenset[str] | None = None
         self.counts: collections.Counter[str] = collections.Counter()
+        self.record_calls = False
+        self.calls: list[CallRecord] = []
+        self.in_flight = 0
+        self.held = 0
+        self._hold_over: int | None = None
+        self._released = trio.Event()
         self._rng = random.Random(seed)
         self._nursery: trio.Nursery | None = None
         self._http: httpx.AsyncClient | None = None
@@ -203,11 +236,12 @@ class FaultProxy:
     # -- commands ------------------------------------------------------------------------
 
     def heal(self) -> None:
-        """No more faults and no latency (a down proxy stays down: use go_up)."""
+        """No more faults and no latency, nothing held (a down proxy stays down: use go_up)."""
         self.rates = NO_FAULTS
         self.latency_ms = self.jitter_ms = self.spike_rate = self.spike_ms = 0.0
         self.refuse_all = self.blackhole = False
         self.paths = None
+        self.release_held()
 
     async def go_down(self) -> None:
         """Stop listening (new connections are refused by the kernel) and reset every
@@ -235,6 +269,25 @@ class FaultProxy:
         if self.is_up:
             return
         await self._listen()
+
+    def retarget(self, upstream: str) -> None:
+        """Forward every request from now on to `upstream` (loopback): the clients keep
+        their URL while the server behind it changes (a new server, an emptied one)."""
+        require_loopback_url(upstream, "upstream")
+        self.upstream = upstream.rstrip("/")
+        self.counts["retargeted"] += 1
+
+    def hold_bodies_over(self, size: int) -> None:
+        """From now on, hold every request whose body is over `size` bytes (read, not
+        forwarded) until `release_held()`; smaller requests pass as usual."""
+        self._hold_over = size
+        if self._released.is_set():
+            self._released = trio.Event()
+
+    def release_held(self) -> None:
+        """Forward the held requests, and hold no more."""
+        self._hold_over = None
+        self._released.set()
 
     def figures(self) -> dict[str, int]:
         """What the proxy did so far: requests, forwarded, connections, and each fault."""
@@ -316,6 +369,13 @@ class FaultProxy:
     # -- one request ---------------------------------------------------------------------
 
     async def _exchange(self, conn: h11.Connection, stream: trio.SocketStream, head: h11.Request, last: bool) -> None:
+        self.in_flight += 1
+        try:
+            await self._exchange_counted(conn, stream, head, last)
+        finally:
+            self.in_flight -= 1
+
+    async def _exchange_counted(self, conn: h11.Connection, stream: trio.SocketStream, head: h11.Request, last: bool) -> None:
         target = head.target.decode("ascii", errors="replace")
         fault = self._choose(target)
         delay_ms = self.latency_ms + (self._rng.uniform(0.0, self.jitter_ms) if self.jitter_ms > 0 else 0.0)
@@ -330,6 +390,13 @@ class FaultProxy:
             await trio.sleep(self.stall_ms / 1000)
             raise AbortConnection()
         body = await read_body(conn, stream)
+        if self._hold_over is not None and len(body) > self._hold_over:
+            self.counts["held"] += 1
+            self.held += 1
+            try:
+                await self._released.wait()
+            finally:
+                self.held -= 1
         if self.blackhole:
             self.counts[Fault.BLACKHOLE.value] += 1
             await self._hold(stream)
@@ -369,7 +436,7 @@ class FaultProxy:
 
     def _choose(self, target: str) -> Fault | None:
         draw = self._draw()  # drawn for every request, so the sequence does not depend on `paths`
-        if self.paths is not None and target.rsplit("?", 1)[0].rsplit("/", 1)[-1] not in self.paths:
+        if self.paths is not None and call_name(target) not in self.paths:
             return None
         edge = 0.0
         for fault, rate in self.rates.request_slices():
@@ -392,16 +459,24 @@ class FaultProxy:
     async def _forward(self, head: h11.Request, body: bytes) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
         assert self._http is not None
         headers = [(name, value) for name, value in head.headers if name.lower() not in _HOP_BY_HOP]
-        url = self.upstream + head.target.decode("ascii", errors="replace")
+        target = head.target.decode("ascii", errors="replace")
+        url = self.upstream + target
+        forwarded_at = trio.current_time()
         try:
             response = await self._http.request(head.method.decode(), url, headers=headers, content=body)
         except httpx.HTTPError as exc:
             self.counts["upstream_error"] += 1
+            self._record(target, len(body), forwarded_at, 502)
             text = f"fault-proxy: upstream failed: {type(exc).__name__}".encode()
             return 502, [(b"content-type", b"text/plain")], text
         self.counts["forwarded"] += 1
+        self._record(target, len(body), forwarded_at, response.status_code)
         kept = [(name, value) for name, value in response.headers.raw if name.lower() not in _HOP_BY_HOP]
         return response.status_code, kept, response.content
+
+    def _record(self, target: str, body_bytes: int, forwarded_at: float, status: int) -> None:
+        if self.record_calls:
+            self.calls.append(CallRecord(call_name(target), body_bytes, forwarded_at, trio.current_time(), status))
 
 
 @asynccontextmanager

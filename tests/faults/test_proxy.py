@@ -157,3 +157,43 @@ async def test_cli_injects_latency_and_reports_counts(vss_server, tmp_path):
     counts = json.loads(last.removeprefix("fault-proxy: counts "))
     assert counts["requests"] == 1 and counts["forwarded"] == 1 and counts["delayed"] == 1
     assert json.loads(counts_path.read_text()) == counts
+
+
+async def test_retarget_hold_and_call_records(vss_server, spawn_vss_server, report):
+    """`retarget` moves the proxy to another server while the client keeps its URL;
+    `hold_bodies_over` holds large requests (counted in `held` and `in_flight`, not
+    forwarded) while small ones pass, until `release_held`; `record_calls` keeps each
+    forwarded call with its status."""
+    keys = derive_keys(generate_mnemonic())
+    other = spawn_vss_server()
+    with trio.fail_after(60):
+        async with running_proxy(vss_server.url.removesuffix("/vss"), seed=report.seed) as proxy:
+            proxy.record_calls = True
+            async with _client(proxy.url + "/vss", keys) as client:
+                await client.put_objects(keys.kv_store_id, [KeyValue(key="first", version=-1, value=b"v")])
+                proxy.retarget(other.url.removesuffix("/vss"))
+                await client.put_objects(keys.kv_store_id, [KeyValue(key="second", version=-1, value=b"v")])
+                assert await _committed(vss_server.url, keys, "first") and not await _committed(vss_server.url, keys, "second")
+                assert await _committed(other.url, keys, "second") and not await _committed(other.url, keys, "first")
+
+                proxy.hold_bodies_over(10_000)
+                big = KeyValue(key="big", version=-1, value=b"x" * 20_000)
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(lambda: client.put_objects(keys.kv_store_id, [big]))
+                    for _ in range(1000):  # until the proxy holds it; bounded by the deadline
+                        if proxy.held == 1:
+                            break
+                        await trio.sleep(0.01)
+                    assert proxy.held == 1 and proxy.in_flight == 1
+                    await client.put_objects(keys.kv_store_id, [KeyValue(key="small", version=-1, value=b"v")])
+                    assert await _committed(other.url, keys, "small") and not await _committed(other.url, keys, "big")
+                    proxy.release_held()
+                assert await _committed(other.url, keys, "big")
+                assert proxy.held == 0 and proxy.in_flight == 0
+                with pytest.raises(NoSuchKeyError):
+                    await client.get_object(keys.kv_store_id, "absent")
+    names = [(call.name, call.status) for call in proxy.calls]
+    assert names[:3] == [("putObjects", 200)] * 3 and ("getObject", 404) in names, names
+    assert [c.body_bytes > 10_000 for c in proxy.calls if c.name == "putObjects"] == [False, False, False, True], proxy.calls
+    assert all(c.answered_at >= c.forwarded_at for c in proxy.calls)
+    assert proxy.counts["retargeted"] == 1 and proxy.counts["held"] == 1
