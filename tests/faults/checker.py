@@ -6,16 +6,26 @@ is read from the node's SQLite file once the node is stopped or locked
 (`LocalStore.all_items()`), or over the running node's HTTP API. The two are compared
 key by key; a mismatch fails with a diff that names the keys missing on either side
 and the values that differ.
+
+The wallet stream is checked the same way: `server_wallet` restores the server's backup
+with the node's own restore code (`actors.wallet_restorer.restore_wallet`, what unlock
+runs on a fresh data dir) into a scratch directory and reads its files; `local_wallet`
+reads the node's wallet directory from disk, `api_wallet` over the running node's API.
 """
 
 from __future__ import annotations
 
+import itertools
+import shutil
 from pathlib import Path
 
 from actors.ownership_guard import FENCE_KEY
-from node import crypto, kv_keys
+from actors.wallet_restorer import restore_wallet
+from node import crypto, kv_keys, wallet_files
+from node.durable import make_private_dirs
 from node.keys import NodeKeys
 from node.store import LocalStore, Triple
+from node.wallet_files import WalletHome
 from nodeutil import client_for, remote_kv
 from vss.errors import NoSuchKeyError
 
@@ -112,3 +122,51 @@ def assert_same(remote: dict[Triple, bytes], local: dict[Triple, bytes], context
     diff = describe_diff(remote, local)
     if diff is not None:
         raise AssertionError(f"{context}\n{diff}" if context else diff)
+
+
+# -- the wallet stream ---------------------------------------------------------------------------
+
+_scratch_numbers = itertools.count()
+
+
+def read_wallet_dir(root: Path) -> dict[str, bytes]:
+    """Every file under a wallet directory, by its wallet path."""
+    return {path: (root / path).read_bytes() for path, _ in wallet_files.list_files(root)}
+
+
+def local_wallet(data_dir: Path, keys: NodeKeys) -> dict[str, bytes]:
+    """The node's wallet directory as it is on disk (stop or lock the node first)."""
+    return read_wallet_dir(WalletHome(data_dir, keys.fingerprint).root)
+
+
+async def server_wallet(server_url: str, keys: NodeKeys, scratch: Path) -> dict[str, bytes] | None:
+    """The server's wallet backup restored as a fresh data dir's unlock restores it:
+    its files, or None when the server holds no backup. Raises RestoreFailed when it
+    does not restore (a mix of two backups, a missing piece). `scratch` is a directory
+    for the throw-away data dirs; each call uses a new one and removes it after."""
+    data_dir = scratch / f"restore-{next(_scratch_numbers)}"
+    home = WalletHome(data_dir, keys.fingerprint)
+    make_private_dirs(home.work_dir)
+    try:
+        async with client_for(server_url, keys) as client:
+            if not await restore_wallet(client, keys, home):
+                return None
+        return read_wallet_dir(home.root)
+    finally:
+        shutil.rmtree(data_dir, ignore_errors=True)
+
+
+async def api_wallet(node: NodeProcess) -> dict[str, bytes]:
+    """The running node's wallet files, read over its API."""
+    listing = (await node.expect(200, "GET", "/wallet/files")).json()["files"]
+    return {f["path"]: (await node.expect(200, "GET", f"/wallet/files/{f['path']}")).content for f in listing}
+
+
+def wallet_name(wallet: dict[str, bytes] | None, named: dict[str, dict[str, bytes]]) -> str:
+    """Which of the `named` wallets `wallet` is, byte for byte, or "none of them"."""
+    if wallet is None:
+        return "no backup"
+    for name, files in named.items():
+        if wallet == files:
+            return name
+    return "none of them"
