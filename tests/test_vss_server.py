@@ -7,8 +7,11 @@ in a schema of their own, dropped afterwards, because the `test` database is sha
 
 from __future__ import annotations
 
+import base64
+import logging
 import os
 import time
+import tracemalloc
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
@@ -17,12 +20,13 @@ import anyio
 import pytest
 
 from vss.auth import sign_header
-from vss.errors import ConflictError
+from vss.errors import ConflictError, InvalidRequestError
 from vss.proto import vss_pb2 as pb
 from vss.server.app import create_app
 from vss.server.backend import Backend, Write
 from vss.server.postgres import PostgresBackend
 from vss.server.sqlite import SqliteBackend
+from vss.server.wire import check_put_items
 
 pytestmark = pytest.mark.anyio
 
@@ -603,6 +607,90 @@ async def test_prefix_with_pagination(alice: Caller) -> None:
     assert [k for k, _ in walked] == [f"p/{i:03}" for i in range(59, 0, -2)]
 
 
+async def test_page_tokens_past_int64_or_of_thousands_of_digits_are_invalid(alice: Caller, caplog) -> None:
+    # Both once escaped as 500s with a traceback: OverflowError in the database driver,
+    # ValueError from int() of more than 4300 digits.
+    await alice.put([("k", -1, b"v")])
+    for digits in ("9" * 19, "9" * 25, "9" * 5000, "1" + "0" * 19):
+        token = base64.urlsafe_b64encode(digits.encode()).rstrip(b"=").decode()
+        assert (await alice.list(page_token=token)).error() == INVALID, digits[:30]
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+async def test_largest_int64_page_token_is_accepted(alice: Caller) -> None:
+    await alice.put([("k", -1, b"v")])
+    token = base64.urlsafe_b64encode(str(2**63 - 1).encode()).rstrip(b"=").decode()
+    page = (await alice.list(page_token=token)).message(pb.ListKeyVersionsResponse)
+    assert [kv.key for kv in page.key_versions] == ["k"]
+
+
+async def test_extreme_numbers_and_odd_unicode_are_answered_by_the_protocol(alice: Caller, caplog) -> None:
+    """Numbers at the edges of their types and keys of unusual characters get protocol
+    answers (never a 500): nothing here is a server fault."""
+    odd = "\U0001f600\uffff\u202e\u0301e\U0010fffd"  # emoji, non-character, RTL override, combining, last plane
+    assert (await alice.put([(odd, -1, b"v")], store=odd)).status == OK
+    assert await alice.value(odd, store=odd) == (1, b"v")
+    assert [k for k, _ in await alice.list_all(prefix=odd[:2])] == []  # prefix of another store
+    assert (await alice.put(global_version=2**63 - 1)).error() == CONFLICT
+    assert (await alice.put(global_version=-(2**63))).error() == CONFLICT
+    assert (await alice.put([("k", 2**63 - 1, b"v")])).error() == CONFLICT
+    assert (await alice.put([("k", -(2**63), b"v")])).error() == INVALID
+    assert (await alice.delete("k", 2**63 - 1)).status == OK
+    assert (await alice.list(page_size=2**31 - 1)).status == OK
+    assert (await alice.list(page_size=-(2**31))).error() == INVALID
+    assert (await alice.list(prefix="x" * 100_000)).status == OK
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+async def test_put_with_millions_of_items_is_refused_before_it_is_decoded(alice: Caller) -> None:
+    """9.5 MiB of two million empty delete items: decoding it first would build millions
+    of Python objects (hundreds of MB) before the 1000-item limit is checked. The items
+    are counted on the wire instead; memory stays near the size of the body."""
+    body = pb.PutObjectRequest(store_id=STORE).SerializeToString() + b"\x22\x00" * 2_000_000
+    tracemalloc.start()
+    try:
+        reply = await alice.raw("/vss/putObjects", body)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert reply.error() == INVALID
+    assert "1000" in pb.ErrorResponse.FromString(reply.body).message
+    assert peak < 8 * len(body), f"peak {peak / 2**20:.0f} MiB of Python memory for a {len(body) / 2**20:.1f} MiB body"
+    assert (await alice.put([("after", -1, b"v")])).status == OK  # and it still serves
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"\x22",  # a length-delimited field without its length
+        b"\x22\x05ab",  # a payload shorter than its length
+        b"\x0a\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\x01",  # a varint of 11 bytes
+        b"\x00\x00",  # field number 0
+        b"\x23\x24",  # a group
+        b"\x0a\x01s" * (1000 + 17),  # store_id repeated more often than any valid request has fields
+    ],
+)
+async def test_malformed_put_wire_data_is_invalid(alice: Caller, body: bytes) -> None:
+    assert (await alice.raw("/vss/putObjects", body)).error() == INVALID
+    assert await alice.list_all() == []
+
+
+def test_wire_scan_counts_what_protobuf_decodes() -> None:
+    req = pb.PutObjectRequest(
+        store_id="s",
+        global_version=7,
+        transaction_items=[pb.KeyValue(key=f"k{i}", version=i - 1, value=b"x" * i) for i in range(300)],
+        delete_items=[pb.KeyValue(key=f"d{i}", version=-1) for i in range(700)],
+    )
+    assert check_put_items(req.SerializeToString(), 1000) == 1000
+    req.delete_items.add(key="one-more")
+    with pytest.raises(InvalidRequestError, match="more than 1000 items"):
+        check_put_items(req.SerializeToString(), 1000)
+    assert check_put_items(b"", 1000) == 0
+    # Unknown fields of every non-group wire type are skipped, as protobuf skips them.
+    assert check_put_items(b"\x28\x96\x01" + b"\x31" + b"\x00" * 8 + b"\x3d" + b"\x00" * 4 + b"\x1a\x00", 1000) == 1
+
+
 # -- authorization ------------------------------------------------------------------------------
 
 
@@ -620,7 +708,8 @@ async def test_bad_authorization_headers_are_401_and_change_nothing(users: Users
     body = pb.PutObjectRequest(
         store_id=STORE, transaction_items=[pb.KeyValue(key="k", version=-1, value=b"x")]
     ).SerializeToString()
-    for header in ("", "garbage", "zz" * 100 + "1", good[:194], stale, forged, tampered_time):
+    huge_time = good[:194] + "1" * 5000  # once a 500: int() of the time raised before any check
+    for header in ("", "garbage", "zz" * 100 + "1", good[:194], stale, forged, tampered_time, huge_time, "é" * 200):
         reply = await users.anonymous.raw("/vss/putObjects", body, headers={"Authorization": header})
         assert reply.error() == AUTH, header
     assert await users.alice.value("k") is None

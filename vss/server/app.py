@@ -22,7 +22,8 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from vss import auth as vss_auth
 from vss.errors import InternalServerError, InvalidRequestError, RequestTooLargeError, VssError
 from vss.proto import vss_pb2
-from vss.server.backend import DEFAULT_MAX_BODY_BYTES, Backend, Delete, Write
+from vss.server.backend import DEFAULT_MAX_BODY_BYTES, MAX_ITEMS_PER_PUT, Backend, Delete, Write
+from vss.server.wire import check_put_items
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +76,8 @@ def create_app(backend: Backend, *, auth: AuthMode = "sigs", max_body_bytes: int
                     body = await request.get_data(cache=False)
                 except RequestEntityTooLarge:
                     raise _too_large(max_body_bytes) from None
+                if request_type is vss_pb2.PutObjectRequest:
+                    check_put_items(body, MAX_ITEMS_PER_PUT)  # before decoding builds an object per item
                 message = _decode(request_type, body)
                 reply = await handler(backend, user, message)
             except VssError as exc:
