@@ -1,7 +1,7 @@
 """Behaviour of the bundled VSS server, the same suite over SQLite and PostgreSQL.
 
-Drives the Quart app in-process through its test client with protobuf requests built
-by hand, one protocol rule per test (docs/PROTOCOL.md). PostgreSQL tests run
+Drives the ASGI app in-process (lifespan, then httpx through ASGITransport) with
+protobuf requests built by hand, one protocol rule per test (docs/PROTOCOL.md). PostgreSQL tests run
 in a schema of their own, dropped afterwards, because the `test` database is shared.
 """
 
@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import anyio
 import pytest
+from asgiutil import serving
 
 from vss.auth import sign_header
 from vss.errors import ConflictError, InvalidRequestError
@@ -43,7 +44,7 @@ AUTH = (401, pb.AUTH_EXCEPTION)
 
 @pytest.fixture
 def anyio_backend() -> str:
-    return "asyncio"  # Quart runs on asyncio
+    return "asyncio"  # asyncpg runs on asyncio
 
 
 # -- backends -------------------------------------------------------------------------
@@ -112,10 +113,10 @@ class Caller:
         return {} if self.key is None else {"Authorization": sign_header(self.key)}
 
     async def raw(self, path: str, body: bytes, *, method: str = "POST", headers=None) -> Reply:
-        response = await self.client.open(
-            path, method=method, data=body, headers={**self.headers(), **(headers or {})}
+        response = await self.client.request(
+            method, path, content=body, headers={**self.headers(), **(headers or {})}
         )
-        return Reply(response.status_code, await response.get_data(), response.content_type or "")
+        return Reply(response.status_code, response.content, response.headers.get("content-type", ""))
 
     async def call(self, name: str, message) -> Reply:
         return await self.raw(f"/vss/{name}", message.SerializeToString())
@@ -200,9 +201,7 @@ class Users:
 
 @pytest.fixture
 async def users(new_backend) -> AsyncIterator[Users]:
-    app = create_app(new_backend(), auth="sigs")
-    async with app.test_app() as test_app:
-        client = test_app.test_client()
+    async with serving(create_app(new_backend(), auth="sigs")) as client:
         yield Users(Caller(client, ALICE), Caller(client, BOB), Caller(client, None))
 
 
@@ -709,8 +708,8 @@ async def test_bad_authorization_headers_are_401_and_change_nothing(users: Users
         store_id=STORE, transaction_items=[pb.KeyValue(key="k", version=-1, value=b"x")]
     ).SerializeToString()
     huge_time = good[:194] + "1" * 5000  # once a 500: int() of the time raised before any check
-    for header in ("", "garbage", "zz" * 100 + "1", good[:194], stale, forged, tampered_time, huge_time, "é" * 200):
-        reply = await users.anonymous.raw("/vss/putObjects", body, headers={"Authorization": header})
+    for header in ("", "garbage", "zz" * 100 + "1", good[:194], stale, forged, tampered_time, huge_time, "\xe9" * 200):
+        reply = await users.anonymous.raw("/vss/putObjects", body, headers={"Authorization": header.encode("latin-1")})
         assert reply.error() == AUTH, header
     assert await users.alice.value("k") is None
 
@@ -735,9 +734,7 @@ async def test_users_are_isolated_even_with_the_same_store_id(users: Users) -> N
 
 
 async def test_auth_none_makes_every_caller_one_user(new_backend) -> None:
-    app = create_app(new_backend(), auth="none")
-    async with app.test_app() as test_app:
-        client = test_app.test_client()
+    async with serving(create_app(new_backend(), auth="none")) as client:
         nobody, alice, bob = Caller(client, None), Caller(client, ALICE), Caller(client, BOB)
         assert (await nobody.put([("k", -1, b"shared")])).status == OK
         assert await alice.value("k") == (1, b"shared")
@@ -803,9 +800,8 @@ async def test_wrong_message_type_changes_nothing(alice: Caller) -> None:
 
 async def test_body_over_limit_is_413_and_changes_nothing(new_backend) -> None:
     limit = 4096
-    app = create_app(new_backend(), auth="sigs", max_body_bytes=limit)
-    async with app.test_app() as test_app:
-        alice = Caller(test_app.test_client(), ALICE)
+    async with serving(create_app(new_backend(), auth="sigs", max_body_bytes=limit)) as client:
+        alice = Caller(client, ALICE)
 
         def put_of_size(size: int, key: str) -> bytes:
             req = pb.PutObjectRequest(store_id=STORE, transaction_items=[pb.KeyValue(key=key, version=-1)])
@@ -819,10 +815,19 @@ async def test_body_over_limit_is_413_and_changes_nothing(new_backend) -> None:
 
         # Exactly at the limit: accepted.
         assert (await alice.raw("/vss/putObjects", put_of_size(limit, "fits"))).status == OK
-        # Over it, with no Content-Length (the test client sends none): the actual size counts.
         over = await alice.raw("/vss/putObjects", put_of_size(limit + 1, "big"))
         assert over.status == 413
         assert pb.ErrorResponse.FromString(over.body).message
+        # Without Content-Length (a chunked stream): the size that arrives counts.
+        body = put_of_size(limit + 1, "big")
+
+        async def chunks():
+            for start in range(0, len(body), 1000):
+                yield body[start : start + 1000]
+
+        streamed = await client.post("/vss/putObjects", content=chunks(), headers=alice.headers())
+        assert "content-length" not in streamed.request.headers
+        assert streamed.status_code == 413
         # A declared Content-Length over the limit is refused before the body is read.
         declared = await alice.raw(
             "/vss/putObjects", put_of_size(100, "small"), headers={"Content-Length": str(limit + 1)}
@@ -838,9 +843,8 @@ async def test_unexpected_failures_are_500_without_internals(tmp_path) -> None:
         async def _read_object(self, user, store_id, key):
             raise RuntimeError("password=hunter2 at /secret/path")
 
-    app = create_app(BrokenBackend(str(tmp_path / "vss.sqlite3")), auth="sigs")
-    async with app.test_app() as test_app:
-        reply = await Caller(test_app.test_client(), ALICE).get("k")
+    async with serving(create_app(BrokenBackend(str(tmp_path / "vss.sqlite3")), auth="sigs")) as client:
+        reply = await Caller(client, ALICE).get("k")
     assert reply.error() == (500, pb.INTERNAL_SERVER_EXCEPTION)
     message = pb.ErrorResponse.FromString(reply.body).message
     assert "hunter2" not in message and "secret" not in message and "Traceback" not in message
@@ -908,7 +912,9 @@ async def test_two_instances_never_both_win_the_same_expected_version(new_backen
             expected_key = round_no + 1
             wins: list[str] = []
 
-            async def contend(backend: Backend, name: str) -> None:
+            async def contend(
+                backend: Backend, name: str, round_no: int, expected_global: int, expected_key: int, wins: list[str]
+            ) -> None:
                 try:
                     await backend.put_objects(
                         "u",
@@ -930,8 +936,8 @@ async def test_two_instances_never_both_win_the_same_expected_version(new_backen
 
             async with anyio.create_task_group() as tg:
                 for i in range(4):
-                    tg.start_soon(contend, one, f"one-{i}")
-                    tg.start_soon(contend, two, f"two-{i}")
+                    for backend, name in ((one, f"one-{i}"), (two, f"two-{i}")):
+                        tg.start_soon(contend, backend, name, round_no, expected_global, expected_key, wins)
 
             global_wins = [w.split(":")[1] for w in wins if w.startswith("global:")]
             key_wins = [w.split(":")[1] for w in wins if w.startswith("key:")]

@@ -45,6 +45,12 @@ def verify_header(header: str | None, now: int | None = None) -> str:
     Raises AuthError when the header is missing, malformed, signed by another key, or
     more than 24 hours away from `now`.
     """
+    return verify_header_until(header, now)[0]
+
+
+def verify_header_until(header: str | None, now: int | None = None) -> tuple[str, int]:
+    """`verify_header`, also returning the last Unix second at which the header is still
+    valid (its time plus 24 hours): what a cache of verified headers must not outlive."""
     if not header:
         raise AuthError("missing Authorization header")
     if len(header) <= _PUBKEY_HEX_LEN + _SIG_HEX_LEN:
@@ -72,4 +78,4 @@ def verify_header(header: str | None, now: int | None = None) -> str:
         valid = False
     if not valid:
         raise AuthError("Authorization signature does not verify")
-    return pubkey_hex.lower()
+    return pubkey_hex.lower(), unix_time + MAX_CLOCK_SKEW_S

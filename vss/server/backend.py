@@ -107,6 +107,14 @@ class Backend(abc.ABC):
     async def close(self) -> None:
         """Release connections. The backend is unusable afterwards."""
 
+    def describe(self) -> str:
+        """Which database this is, for messages; never a password."""
+        return type(self).__name__
+
+    @abc.abstractmethod
+    async def ping(self) -> None:
+        """Run a trivial query: return if the database answers, raise otherwise (for /health)."""
+
     async def get_object(self, user: str, store_id: str, key: str) -> StoredObject:
         """The key's value and version; the reserved key `global_version` reads the counter."""
         check_store_id(store_id)
@@ -266,7 +274,8 @@ def check_put(writes: Sequence[Write], deletes: Sequence[Delete]) -> None:
             f"putObjects carries {count} items, the limit is {MAX_ITEMS_PER_PUT}; split the call"
         )
     seen: set[str] = set()
-    for item in (*writes, *deletes):
+    items: list[Write | Delete] = [*writes, *deletes]
+    for item in items:
         check_writable_key(item.key)
         check_item_version(item.key, item.version)
         if item.key in seen:
