@@ -126,7 +126,8 @@ def test_jwt_names_the_user_by_sub(signing_key: rsa.RSAPrivateKey) -> None:
 def test_jwt_rejections(signing_key: rsa.RSAPrivateKey) -> None:
     authorize = JwtAuthorizer(_public_pem(signing_key))
     other = _rsa_key()
-    hs256 = jwt.encode({"sub": "u", "exp": int(time.time()) + 600}, "a shared secret of at least thirty-two bytes", algorithm="HS256")
+    secret = "a shared secret of at least thirty-two bytes"
+    hs256 = jwt.encode({"sub": "u", "exp": int(time.time()) + 600}, secret, algorithm="HS256")
     unsigned = jwt.encode({"sub": "u", "exp": int(time.time()) + 600}, None, algorithm="none")
     ec_key = ec.generate_private_key(ec.SECP256R1())
     es256 = jwt.encode({"sub": "u", "exp": int(time.time()) + 600}, ec_key, algorithm="ES256")

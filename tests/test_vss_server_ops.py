@@ -250,7 +250,8 @@ def test_health_and_metrics_need_no_authorization(launch) -> None:
     for _ in range(3):
         assert _post(server.url, "putObjects", _put()).status_code == 200
     assert _post(server.url, "getObject", pb.GetObjectRequest(store_id="ops", key="k")).status_code == 200
-    assert _post(server.url, "getObject", pb.GetObjectRequest(store_id="ops", key="k"), headers={"Authorization": "x"}).status_code == 401
+    bad_auth = {"Authorization": "x"}
+    assert _post(server.url, "getObject", pb.GetObjectRequest(store_id="ops", key="k"), headers=bad_auth).status_code == 401
     text = httpx.get(f"{root}/metrics", timeout=10).text
     assert 'vss_requests_total{route="putObjects",status="200"} 3.0' in text
     assert 'vss_requests_total{route="getObject",status="401"} 1.0' in text
