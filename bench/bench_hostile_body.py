@@ -104,7 +104,7 @@ def main() -> int:
     parser.add_argument("--baseline", default=DEFAULT_BASELINE)
     parser.add_argument("--no-record", action="store_true")
     args = parser.parse_args()
-    started = dt.datetime.now(dt.timezone.utc)
+    started = dt.datetime.now(dt.UTC)
     load_before = load()
     with tempfile.TemporaryDirectory(prefix="vss-hostile-") as tmp:
         workdir = Path(tmp)

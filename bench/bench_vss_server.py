@@ -330,7 +330,7 @@ def postgres_reachable() -> bool:
     try:
         asyncio.run(probe())
         return True
-    except (OSError, asyncio.TimeoutError, asyncpg.PostgresError) as exc:
+    except (TimeoutError, OSError, asyncpg.PostgresError) as exc:
         print(f"!!! PostgreSQL unreachable at {POSTGRES_DSN}: {exc!r}; skipping it", file=sys.stderr)
         return False
 
@@ -432,7 +432,7 @@ def main() -> int:
     wanted = set(args.variants.split(","))
     variants = [v for v in VARIANTS if v.name in wanted]
 
-    started = dt.datetime.now(dt.timezone.utc)
+    started = dt.datetime.now(dt.UTC)
     load_before = load()
     sections: list[str] = []
     with tempfile.TemporaryDirectory(prefix="vss-bench-") as tmp:
