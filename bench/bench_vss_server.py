@@ -216,14 +216,12 @@ def _free_port() -> int:
 class Connection:
     """One keep-alive connection; requests built from bytes, responses read by Content-Length."""
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader, self.writer = reader, writer
+    def __init__(self, port: int, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.port, self.reader, self.writer = port, reader, writer
 
     @classmethod
     async def open(cls, port: int) -> Connection:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        writer.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        return cls(reader, writer)
+        return cls(port, *await _open(port))
 
     async def post(self, path: bytes, body: bytes, authorization: bytes) -> int:
         self.writer.write(
@@ -236,6 +234,10 @@ class Connection:
         if match is None:
             raise RuntimeError(f"response without Content-Length: {head!r}")
         await self.reader.readexactly(int(match.group(1)))
+        if re.search(rb"connection:\s*close", head, re.IGNORECASE):
+            # hypercorn closes a connection after 1000 requests (keep_alive_max_requests).
+            await self.close()
+            self.reader, self.writer = await _open(self.port)
         return status
 
     async def close(self) -> None:
@@ -244,6 +246,12 @@ class Connection:
             await self.writer.wait_closed()
         except OSError:
             pass
+
+
+async def _open(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return reader, writer
 
 
 def put_body(keys: list[str]) -> bytes:
