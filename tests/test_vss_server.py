@@ -850,6 +850,44 @@ async def test_unexpected_failures_are_500_without_internals(tmp_path) -> None:
     assert "hunter2" not in message and "secret" not in message and "Traceback" not in message
 
 
+async def test_health_says_ok_without_authorization(users: Users) -> None:
+    reply = await users.anonymous.client.get("/health")
+    assert reply.status_code == 200 and reply.json() == {"status": "ok"}
+    assert reply.headers["content-type"] == "application/json"
+    assert (await users.anonymous.raw("/health", b"")).status == 400  # POST is not the health check
+
+
+async def test_health_is_503_when_the_database_does_not_answer(tmp_path) -> None:
+    class Unreachable(SqliteBackend):
+        async def ping(self) -> None:
+            raise ConnectionRefusedError("password=hunter2")
+
+    async with serving(create_app(Unreachable(str(tmp_path / "vss.sqlite3")))) as client:
+        reply = await client.get("/health")
+    assert reply.status_code == 503
+    assert reply.json()["status"] == "unavailable"
+    assert "hunter2" not in reply.text
+
+
+async def test_metrics_count_requests_items_and_failures(users: Users) -> None:
+    alice = users.alice
+    await alice.put([("a", -1, b"1"), ("b", -1, b"2")], deletes=[])
+    await alice.get("a")
+    await alice.get("missing")
+    await alice.list()
+    await users.anonymous.get("a")
+    reply = await users.anonymous.client.get("/metrics")
+    assert reply.status_code == 200 and reply.headers["content-type"].startswith("text/plain")
+    text = reply.text
+    assert 'vss_requests_total{route="getObject",status="200"} 1.0' in text
+    assert 'vss_requests_total{route="getObject",status="404"} 1.0' in text
+    assert 'vss_requests_total{route="getObject",status="401"} 1.0' in text
+    assert "vss_items_written_total 2.0" in text
+    assert "vss_items_read_total 3.0" in text  # one object, two listed keys
+    assert "vss_auth_failures_total 1.0" in text
+    assert "vss_database_errors_total 0.0" in text
+
+
 def test_create_app_rejects_unknown_auth_mode(tmp_path) -> None:
     with pytest.raises(ValueError):
         create_app(SqliteBackend(str(tmp_path / "x.sqlite3")), auth="password")  # type: ignore[arg-type]

@@ -166,7 +166,10 @@ def test_vssnode_cli_offers_the_server_flags() -> None:
         [sys.executable, "-m", "vssnode", "vss-server", "--help"], capture_output=True, text=True, timeout=30
     )
     assert result.returncode == 0, result.stderr
-    for flag in ("--listen", "--db", "--auth", "--max-body-bytes"):
+    for flag in (
+        "--listen", "--db", "--auth", "--max-body-bytes", "--jwt-public-key", "--tls-cert", "--tls-key",
+        "--workers", "--loop", "--allow-unauthenticated-remote", "--log-level",
+    ):
         assert flag in result.stdout
 
 
@@ -186,6 +189,11 @@ def test_app_from_env_validates_variables() -> None:
         app_from_env({"VSS_SERVER_MAX_BODY_BYTES": "lots"})
     with pytest.raises(ValueError, match="VSS_SERVER_DB"):
         app_from_env({"VSS_SERVER_DB": "redis://x"})
+    # The app cannot see its bind address: no authorization needs an explicit yes.
+    with pytest.raises(ValueError, match="VSS_SERVER_ALLOW_UNAUTHENTICATED"):
+        app_from_env({"VSS_SERVER_DB": "sqlite:///:memory:", "VSS_SERVER_AUTH": "none"})
+    with pytest.raises(ValueError, match="VSS_SERVER_JWT_PUBLIC_KEY"):
+        app_from_env({"VSS_SERVER_DB": "sqlite:///:memory:", "VSS_SERVER_AUTH": "jwt"})
 
 
 @pytest.mark.anyio
