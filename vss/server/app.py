@@ -114,10 +114,14 @@ class VssApp:
             else:
                 route = "other"
                 status, content_type, body = _error(
-                    InvalidRequestError(f"{method} {path} is not a VSS call; POST to {BASE_PATH}/<call>")
+                    InvalidRequestError(f"{method} {path[:200]} is not a VSS call; POST to {BASE_PATH}/<call>")
                 )
         except _ClientGone:
             return
+        except Exception as exc:  # /health or /metrics broke: still an answer, and one log line
+            log.error("%s %s failed: %r", method, path[:200], exc, exc_info=log.isEnabledFor(logging.DEBUG))
+            route = "other" if call is None else call.name
+            status, content_type, body = _error(InternalServerError("internal server error"))
         await send(
             {
                 "type": "http.response.start",

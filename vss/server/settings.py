@@ -55,6 +55,9 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class Settings:
+    """Everything the server is configured by. The app's part: db, auth, jwt_public_key,
+    max_body_bytes. The command line's part: the rest (`from_env` leaves it at the defaults)."""
+
     db: str = DEFAULT_DB
     auth: AuthMode = "sigs"
     jwt_public_key: str | None = None
@@ -195,10 +198,6 @@ class Settings:
                 raise ConfigError("--loop uvloop: uvloop is not installed (pip install 'vssnode[fast]')") from None
 
     # -- products -----------------------------------------------------------------------
-
-    @property
-    def tls(self) -> bool:
-        return self.tls_cert is not None
 
     @property
     def redacted_db(self) -> str:
