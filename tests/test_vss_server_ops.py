@@ -195,7 +195,15 @@ def test_port_zero_announces_the_port_chosen(launch) -> None:
 
 
 def test_both_event_loops_serve(launch) -> None:
-    for loop in ("asyncio", "uvloop"):
+    loops = ["asyncio", "auto"]  # auto: uvloop when installed (the `fast` extra), else asyncio
+    try:
+        import uvloop  # noqa: F401
+
+        loops.append("uvloop")
+    except ImportError:
+        result = _run_to_exit("--loop", "uvloop")
+        assert result.returncode == 2 and "uvloop is not installed" in result.stderr
+    for loop in loops:
         server = launch("--loop", loop)
         assert _post(server.url, "putObjects", _put()).status_code == 200, loop
 
