@@ -11,13 +11,14 @@ refuses a base URL that cannot be a VSS base (its path must end in `/vss`).
 
 from __future__ import annotations
 
-import ipaddress
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
+
+from vss.serve import is_loopback_host
 
 NETWORKS = ("regtest", "testnet", "signet", "mainnet")
 DEFAULT_LISTEN = "127.0.0.1:3001"
@@ -79,15 +80,6 @@ class NodeConfig:
             f"vss_url={self.vss_url!r}, api_token={'set' if self.api_token else None}, "
             f"vss_headers={[name for name, _ in self.vss_headers]!r})"
         )
-
-
-def is_loopback_host(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 def validate_vss_url(url: str, *, allow_http: bool) -> None:

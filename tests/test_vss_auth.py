@@ -136,3 +136,11 @@ def test_upper_case_pubkey_accepted_and_user_id_lower_cased() -> None:
     user_id = verify_header(upper, now=T)
     assert user_id == PUBKEY_HEX
     assert user_id == user_id.lower()
+
+
+@pytest.mark.parametrize("digits", [21, 5000])
+def test_overlong_time_rejected_without_parsing(digits: int) -> None:
+    # int() of more than 4300 digits raises ValueError: it must be an AuthError (401), not a 500.
+    header = sign_header(SIGNING_KEY, T)
+    with pytest.raises(AuthError):
+        verify_header(header[:194] + "1" * digits, now=T)

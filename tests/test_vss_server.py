@@ -1,28 +1,33 @@
 """Behaviour of the bundled VSS server, the same suite over SQLite and PostgreSQL.
 
-Drives the Quart app in-process through its test client with protobuf requests built
-by hand, one protocol rule per test (docs/PROTOCOL.md). PostgreSQL tests run
+Drives the ASGI app in-process (lifespan, then httpx through ASGITransport) with
+protobuf requests built by hand, one protocol rule per test (docs/PROTOCOL.md). PostgreSQL tests run
 in a schema of their own, dropped afterwards, because the `test` database is shared.
 """
 
 from __future__ import annotations
 
+import base64
+import logging
 import os
 import time
+import tracemalloc
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 
 import anyio
 import pytest
+from asgiutil import serving
 
 from vss.auth import sign_header
-from vss.errors import ConflictError
+from vss.errors import ConflictError, InvalidRequestError
 from vss.proto import vss_pb2 as pb
 from vss.server.app import create_app
 from vss.server.backend import Backend, Write
 from vss.server.postgres import PostgresBackend
 from vss.server.sqlite import SqliteBackend
+from vss.server.wire import check_put_items
 
 pytestmark = pytest.mark.anyio
 
@@ -39,7 +44,7 @@ AUTH = (401, pb.AUTH_EXCEPTION)
 
 @pytest.fixture
 def anyio_backend() -> str:
-    return "asyncio"  # Quart runs on asyncio
+    return "asyncio"  # asyncpg runs on asyncio
 
 
 # -- backends -------------------------------------------------------------------------
@@ -108,10 +113,10 @@ class Caller:
         return {} if self.key is None else {"Authorization": sign_header(self.key)}
 
     async def raw(self, path: str, body: bytes, *, method: str = "POST", headers=None) -> Reply:
-        response = await self.client.open(
-            path, method=method, data=body, headers={**self.headers(), **(headers or {})}
+        response = await self.client.request(
+            method, path, content=body, headers={**self.headers(), **(headers or {})}
         )
-        return Reply(response.status_code, await response.get_data(), response.content_type or "")
+        return Reply(response.status_code, response.content, response.headers.get("content-type", ""))
 
     async def call(self, name: str, message) -> Reply:
         return await self.raw(f"/vss/{name}", message.SerializeToString())
@@ -196,9 +201,7 @@ class Users:
 
 @pytest.fixture
 async def users(new_backend) -> AsyncIterator[Users]:
-    app = create_app(new_backend(), auth="sigs")
-    async with app.test_app() as test_app:
-        client = test_app.test_client()
+    async with serving(create_app(new_backend(), auth="sigs")) as client:
         yield Users(Caller(client, ALICE), Caller(client, BOB), Caller(client, None))
 
 
@@ -603,6 +606,90 @@ async def test_prefix_with_pagination(alice: Caller) -> None:
     assert [k for k, _ in walked] == [f"p/{i:03}" for i in range(59, 0, -2)]
 
 
+async def test_page_tokens_past_int64_or_of_thousands_of_digits_are_invalid(alice: Caller, caplog) -> None:
+    # Both once escaped as 500s with a traceback: OverflowError in the database driver,
+    # ValueError from int() of more than 4300 digits.
+    await alice.put([("k", -1, b"v")])
+    for digits in ("9" * 19, "9" * 25, "9" * 5000, "1" + "0" * 19):
+        token = base64.urlsafe_b64encode(digits.encode()).rstrip(b"=").decode()
+        assert (await alice.list(page_token=token)).error() == INVALID, digits[:30]
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+async def test_largest_int64_page_token_is_accepted(alice: Caller) -> None:
+    await alice.put([("k", -1, b"v")])
+    token = base64.urlsafe_b64encode(str(2**63 - 1).encode()).rstrip(b"=").decode()
+    page = (await alice.list(page_token=token)).message(pb.ListKeyVersionsResponse)
+    assert [kv.key for kv in page.key_versions] == ["k"]
+
+
+async def test_extreme_numbers_and_odd_unicode_are_answered_by_the_protocol(alice: Caller, caplog) -> None:
+    """Numbers at the edges of their types and keys of unusual characters get protocol
+    answers (never a 500): nothing here is a server fault."""
+    odd = "\U0001f600\uffff\u202e\u0301e\U0010fffd"  # emoji, non-character, RTL override, combining, last plane
+    assert (await alice.put([(odd, -1, b"v")], store=odd)).status == OK
+    assert await alice.value(odd, store=odd) == (1, b"v")
+    assert [k for k, _ in await alice.list_all(prefix=odd[:2])] == []  # prefix of another store
+    assert (await alice.put(global_version=2**63 - 1)).error() == CONFLICT
+    assert (await alice.put(global_version=-(2**63))).error() == CONFLICT
+    assert (await alice.put([("k", 2**63 - 1, b"v")])).error() == CONFLICT
+    assert (await alice.put([("k", -(2**63), b"v")])).error() == INVALID
+    assert (await alice.delete("k", 2**63 - 1)).status == OK
+    assert (await alice.list(page_size=2**31 - 1)).status == OK
+    assert (await alice.list(page_size=-(2**31))).error() == INVALID
+    assert (await alice.list(prefix="x" * 100_000)).status == OK
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+async def test_put_with_millions_of_items_is_refused_before_it_is_decoded(alice: Caller) -> None:
+    """9.5 MiB of two million empty delete items: decoding it first would build millions
+    of Python objects (hundreds of MB) before the 1000-item limit is checked. The items
+    are counted on the wire instead; memory stays near the size of the body."""
+    body = pb.PutObjectRequest(store_id=STORE).SerializeToString() + b"\x22\x00" * 2_000_000
+    tracemalloc.start()
+    try:
+        reply = await alice.raw("/vss/putObjects", body)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert reply.error() == INVALID
+    assert "1000" in pb.ErrorResponse.FromString(reply.body).message
+    assert peak < 8 * len(body), f"peak {peak / 2**20:.0f} MiB of Python memory for a {len(body) / 2**20:.1f} MiB body"
+    assert (await alice.put([("after", -1, b"v")])).status == OK  # and it still serves
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"\x22",  # a length-delimited field without its length
+        b"\x22\x05ab",  # a payload shorter than its length
+        b"\x0a\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\x01",  # a varint of 11 bytes
+        b"\x00\x00",  # field number 0
+        b"\x23\x24",  # a group
+        b"\x0a\x01s" * (1000 + 17),  # store_id repeated more often than any valid request has fields
+    ],
+)
+async def test_malformed_put_wire_data_is_invalid(alice: Caller, body: bytes) -> None:
+    assert (await alice.raw("/vss/putObjects", body)).error() == INVALID
+    assert await alice.list_all() == []
+
+
+def test_wire_scan_counts_what_protobuf_decodes() -> None:
+    req = pb.PutObjectRequest(
+        store_id="s",
+        global_version=7,
+        transaction_items=[pb.KeyValue(key=f"k{i}", version=i - 1, value=b"x" * i) for i in range(300)],
+        delete_items=[pb.KeyValue(key=f"d{i}", version=-1) for i in range(700)],
+    )
+    assert check_put_items(req.SerializeToString(), 1000) == 1000
+    req.delete_items.add(key="one-more")
+    with pytest.raises(InvalidRequestError, match="more than 1000 items"):
+        check_put_items(req.SerializeToString(), 1000)
+    assert check_put_items(b"", 1000) == 0
+    # Unknown fields of every non-group wire type are skipped, as protobuf skips them.
+    assert check_put_items(b"\x28\x96\x01" + b"\x31" + b"\x00" * 8 + b"\x3d" + b"\x00" * 4 + b"\x1a\x00", 1000) == 1
+
+
 # -- authorization ------------------------------------------------------------------------------
 
 
@@ -620,8 +707,9 @@ async def test_bad_authorization_headers_are_401_and_change_nothing(users: Users
     body = pb.PutObjectRequest(
         store_id=STORE, transaction_items=[pb.KeyValue(key="k", version=-1, value=b"x")]
     ).SerializeToString()
-    for header in ("", "garbage", "zz" * 100 + "1", good[:194], stale, forged, tampered_time):
-        reply = await users.anonymous.raw("/vss/putObjects", body, headers={"Authorization": header})
+    huge_time = good[:194] + "1" * 5000  # once a 500: int() of the time raised before any check
+    for header in ("", "garbage", "zz" * 100 + "1", good[:194], stale, forged, tampered_time, huge_time, "\xe9" * 200):
+        reply = await users.anonymous.raw("/vss/putObjects", body, headers={"Authorization": header.encode("latin-1")})
         assert reply.error() == AUTH, header
     assert await users.alice.value("k") is None
 
@@ -646,9 +734,7 @@ async def test_users_are_isolated_even_with_the_same_store_id(users: Users) -> N
 
 
 async def test_auth_none_makes_every_caller_one_user(new_backend) -> None:
-    app = create_app(new_backend(), auth="none")
-    async with app.test_app() as test_app:
-        client = test_app.test_client()
+    async with serving(create_app(new_backend(), auth="none")) as client:
         nobody, alice, bob = Caller(client, None), Caller(client, ALICE), Caller(client, BOB)
         assert (await nobody.put([("k", -1, b"shared")])).status == OK
         assert await alice.value("k") == (1, b"shared")
@@ -714,9 +800,8 @@ async def test_wrong_message_type_changes_nothing(alice: Caller) -> None:
 
 async def test_body_over_limit_is_413_and_changes_nothing(new_backend) -> None:
     limit = 4096
-    app = create_app(new_backend(), auth="sigs", max_body_bytes=limit)
-    async with app.test_app() as test_app:
-        alice = Caller(test_app.test_client(), ALICE)
+    async with serving(create_app(new_backend(), auth="sigs", max_body_bytes=limit)) as client:
+        alice = Caller(client, ALICE)
 
         def put_of_size(size: int, key: str) -> bytes:
             req = pb.PutObjectRequest(store_id=STORE, transaction_items=[pb.KeyValue(key=key, version=-1)])
@@ -730,10 +815,19 @@ async def test_body_over_limit_is_413_and_changes_nothing(new_backend) -> None:
 
         # Exactly at the limit: accepted.
         assert (await alice.raw("/vss/putObjects", put_of_size(limit, "fits"))).status == OK
-        # Over it, with no Content-Length (the test client sends none): the actual size counts.
         over = await alice.raw("/vss/putObjects", put_of_size(limit + 1, "big"))
         assert over.status == 413
         assert pb.ErrorResponse.FromString(over.body).message
+        # Without Content-Length (a chunked stream): the size that arrives counts.
+        body = put_of_size(limit + 1, "big")
+
+        async def chunks():
+            for start in range(0, len(body), 1000):
+                yield body[start : start + 1000]
+
+        streamed = await client.post("/vss/putObjects", content=chunks(), headers=alice.headers())
+        assert "content-length" not in streamed.request.headers
+        assert streamed.status_code == 413
         # A declared Content-Length over the limit is refused before the body is read.
         declared = await alice.raw(
             "/vss/putObjects", put_of_size(100, "small"), headers={"Content-Length": str(limit + 1)}
@@ -749,12 +843,49 @@ async def test_unexpected_failures_are_500_without_internals(tmp_path) -> None:
         async def _read_object(self, user, store_id, key):
             raise RuntimeError("password=hunter2 at /secret/path")
 
-    app = create_app(BrokenBackend(str(tmp_path / "vss.sqlite3")), auth="sigs")
-    async with app.test_app() as test_app:
-        reply = await Caller(test_app.test_client(), ALICE).get("k")
+    async with serving(create_app(BrokenBackend(str(tmp_path / "vss.sqlite3")), auth="sigs")) as client:
+        reply = await Caller(client, ALICE).get("k")
     assert reply.error() == (500, pb.INTERNAL_SERVER_EXCEPTION)
     message = pb.ErrorResponse.FromString(reply.body).message
     assert "hunter2" not in message and "secret" not in message and "Traceback" not in message
+
+
+async def test_health_says_ok_without_authorization(users: Users) -> None:
+    reply = await users.anonymous.client.get("/health")
+    assert reply.status_code == 200 and reply.json() == {"status": "ok"}
+    assert reply.headers["content-type"] == "application/json"
+    assert (await users.anonymous.raw("/health", b"")).status == 400  # POST is not the health check
+
+
+async def test_health_is_503_when_the_database_does_not_answer(tmp_path) -> None:
+    class Unreachable(SqliteBackend):
+        async def ping(self) -> None:
+            raise ConnectionRefusedError("password=hunter2")
+
+    async with serving(create_app(Unreachable(str(tmp_path / "vss.sqlite3")))) as client:
+        reply = await client.get("/health")
+    assert reply.status_code == 503
+    assert reply.json()["status"] == "unavailable"
+    assert "hunter2" not in reply.text
+
+
+async def test_metrics_count_requests_items_and_failures(users: Users) -> None:
+    alice = users.alice
+    await alice.put([("a", -1, b"1"), ("b", -1, b"2")], deletes=[])
+    await alice.get("a")
+    await alice.get("missing")
+    await alice.list()
+    await users.anonymous.get("a")
+    reply = await users.anonymous.client.get("/metrics")
+    assert reply.status_code == 200 and reply.headers["content-type"].startswith("text/plain")
+    text = reply.text
+    assert 'vss_requests_total{route="getObject",status="200"} 1.0' in text
+    assert 'vss_requests_total{route="getObject",status="404"} 1.0' in text
+    assert 'vss_requests_total{route="getObject",status="401"} 1.0' in text
+    assert "vss_items_written_total 2.0" in text
+    assert "vss_items_read_total 3.0" in text  # one object, two listed keys
+    assert "vss_auth_failures_total 1.0" in text
+    assert "vss_database_errors_total 0.0" in text
 
 
 def test_create_app_rejects_unknown_auth_mode(tmp_path) -> None:
@@ -819,7 +950,9 @@ async def test_two_instances_never_both_win_the_same_expected_version(new_backen
             expected_key = round_no + 1
             wins: list[str] = []
 
-            async def contend(backend: Backend, name: str) -> None:
+            async def contend(
+                backend: Backend, name: str, round_no: int, expected_global: int, expected_key: int, wins: list[str]
+            ) -> None:
                 try:
                     await backend.put_objects(
                         "u",
@@ -841,8 +974,8 @@ async def test_two_instances_never_both_win_the_same_expected_version(new_backen
 
             async with anyio.create_task_group() as tg:
                 for i in range(4):
-                    tg.start_soon(contend, one, f"one-{i}")
-                    tg.start_soon(contend, two, f"two-{i}")
+                    for backend, name in ((one, f"one-{i}"), (two, f"two-{i}")):
+                        tg.start_soon(contend, backend, name, round_no, expected_global, expected_key, wins)
 
             global_wins = [w.split(":")[1] for w in wins if w.startswith("global:")]
             key_wins = [w.split(":")[1] for w in wins if w.startswith("key:")]

@@ -15,10 +15,12 @@ import uuid
 
 import httpx
 import pytest
+from asgiutil import serving
 
 from vss.auth import sign_header
 from vss.proto import vss_pb2 as pb
-from vss.server.cli import app_from_env, parse_listen
+from vss.serve import parse_listen
+from vss.server.cli import app_from_env
 
 KEY = bytes.fromhex("33" * 32)
 
@@ -164,15 +166,18 @@ def test_vssnode_cli_offers_the_server_flags() -> None:
         [sys.executable, "-m", "vssnode", "vss-server", "--help"], capture_output=True, text=True, timeout=30
     )
     assert result.returncode == 0, result.stderr
-    for flag in ("--listen", "--db", "--auth", "--max-body-bytes"):
+    for flag in (
+        "--listen", "--db", "--auth", "--max-body-bytes", "--jwt-public-key", "--tls-cert", "--tls-key",
+        "--workers", "--loop", "--allow-unauthenticated-remote", "--log-level",
+    ):
         assert flag in result.stdout
 
 
 def test_parse_listen() -> None:
-    assert parse_listen("127.0.0.1:8081") == "127.0.0.1:8081"
-    assert parse_listen("[::1]:9000") == "[::1]:9000"
-    assert parse_listen("localhost:0") == "localhost:0"
-    for bad in ("8081", ":8081", "host:", "host:http", "::1:8081", "h:70000"):
+    assert parse_listen("127.0.0.1:8081") == ("127.0.0.1", 8081)
+    assert parse_listen("[::1]:9000") == ("::1", 9000)
+    assert parse_listen("localhost:0") == ("localhost", 0)
+    for bad in ("8081", ":8081", "host:", "host:http", "::1:8081", "h:70000", "[nope]:80", "[]:80", "h:\uff18\uff10"):
         with pytest.raises(ValueError):
             parse_listen(bad)
 
@@ -184,18 +189,24 @@ def test_app_from_env_validates_variables() -> None:
         app_from_env({"VSS_SERVER_MAX_BODY_BYTES": "lots"})
     with pytest.raises(ValueError, match="VSS_SERVER_DB"):
         app_from_env({"VSS_SERVER_DB": "redis://x"})
+    # The app cannot see its bind address: no authorization needs an explicit yes.
+    with pytest.raises(ValueError, match="VSS_SERVER_ALLOW_UNAUTHENTICATED"):
+        app_from_env({"VSS_SERVER_DB": "sqlite:///:memory:", "VSS_SERVER_AUTH": "none"})
+    with pytest.raises(ValueError, match="VSS_SERVER_JWT_PUBLIC_KEY"):
+        app_from_env({"VSS_SERVER_DB": "sqlite:///:memory:", "VSS_SERVER_AUTH": "jwt"})
 
 
 @pytest.mark.anyio
 @pytest.mark.parametrize("anyio_backend", ["asyncio"])
 async def test_app_from_env_in_memory_sqlite_with_auth_none(anyio_backend) -> None:
-    app = app_from_env({"VSS_SERVER_DB": "sqlite:///:memory:", "VSS_SERVER_AUTH": "none"})
-    async with app.test_app() as test_app:
-        client = test_app.test_client()
+    app = app_from_env(
+        {"VSS_SERVER_DB": "sqlite:///:memory:", "VSS_SERVER_AUTH": "none", "VSS_SERVER_ALLOW_UNAUTHENTICATED": "1"}
+    )
+    async with serving(app) as client:
         put = pb.PutObjectRequest(store_id="s", transaction_items=[pb.KeyValue(key="k", version=-1, value=b"v")])
-        assert (await client.post("/vss/putObjects", data=put.SerializeToString())).status_code == 200
+        assert (await client.post("/vss/putObjects", content=put.SerializeToString())).status_code == 200
         listed = await client.post(
-            "/vss/listKeyVersions", data=pb.ListKeyVersionsRequest(store_id="s").SerializeToString()
+            "/vss/listKeyVersions", content=pb.ListKeyVersionsRequest(store_id="s").SerializeToString()
         )
-        page = pb.ListKeyVersionsResponse.FromString(await listed.get_data())
+        page = pb.ListKeyVersionsResponse.FromString(listed.content)
         assert [kv.key for kv in page.key_versions] == ["k"]

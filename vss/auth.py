@@ -19,6 +19,9 @@ SIGNING_SALT = b"VSS Signature Authorizer Signing Salt Constant".ljust(64, b".")
 MAX_CLOCK_SKEW_S = 24 * 3600
 _PUBKEY_HEX_LEN = 66
 _SIG_HEX_LEN = 128
+_MAX_TIME_DIGITS = 20
+"""Unix seconds fit in 20 digits for billions of years; longer is garbage (and int() of
+thousands of digits raises rather than answer)."""
 
 
 def _digest(pubkey33: bytes, unix_time: int) -> bytes:
@@ -42,6 +45,12 @@ def verify_header(header: str | None, now: int | None = None) -> str:
     Raises AuthError when the header is missing, malformed, signed by another key, or
     more than 24 hours away from `now`.
     """
+    return verify_header_until(header, now)[0]
+
+
+def verify_header_until(header: str | None, now: int | None = None) -> tuple[str, int]:
+    """`verify_header`, also returning the last Unix second at which the header is still
+    valid (its time plus 24 hours): what a cache of verified headers must not outlive."""
     if not header:
         raise AuthError("missing Authorization header")
     if len(header) <= _PUBKEY_HEX_LEN + _SIG_HEX_LEN:
@@ -49,8 +58,8 @@ def verify_header(header: str | None, now: int | None = None) -> str:
     pubkey_hex = header[:_PUBKEY_HEX_LEN]
     sig_hex = header[_PUBKEY_HEX_LEN : _PUBKEY_HEX_LEN + _SIG_HEX_LEN]
     time_text = header[_PUBKEY_HEX_LEN + _SIG_HEX_LEN :]
-    if not time_text.isascii() or not time_text.isdigit():
-        raise AuthError("Authorization time is not a decimal number")
+    if len(time_text) > _MAX_TIME_DIGITS or not time_text.isascii() or not time_text.isdigit():
+        raise AuthError("Authorization time is not a decimal number of Unix seconds")
     try:
         pubkey33 = bytes.fromhex(pubkey_hex)
         signature = bytes.fromhex(sig_hex)
@@ -69,4 +78,4 @@ def verify_header(header: str | None, now: int | None = None) -> str:
         valid = False
     if not valid:
         raise AuthError("Authorization signature does not verify")
-    return pubkey_hex.lower()
+    return pubkey_hex.lower(), unix_time + MAX_CLOCK_SKEW_S

@@ -29,7 +29,7 @@ from werkzeug.routing import PathConverter
 
 from actors.node import Durability, Node
 from node import errors
-from node.config import NodeConfig
+from node.config import ConfigError, NodeConfig
 from vssnode.api_guard import check_caller
 
 log = logging.getLogger(__name__)
@@ -54,9 +54,19 @@ class _WalletPath(PathConverter):
     part_isolating = False  # werkzeug infers True from a regex without "/"
 
 
+class _NodeApp(Quart):
+    def log_exception(self, exc_info: Any) -> None:
+        """A node that cannot open its data dir is a configuration error: one line (the
+        command line exits 2 with it); anything else is logged with its traceback."""
+        if isinstance(exc_info[1], ConfigError):
+            log.debug("the node did not open", exc_info=exc_info)
+            return
+        super().log_exception(exc_info)
+
+
 def create_app(config: NodeConfig, **node_kwargs: Any) -> Quart:
     """The ASGI app of one node; the Node runs for as long as the app is served."""
-    app = Quart(__name__, static_folder=None)
+    app = _NodeApp(__name__, static_folder=None)
     app.url_map.converters["wallet_path"] = _WalletPath
     # Bodies larger than a value can be are refused before they are read (413).
     app.config["MAX_CONTENT_LENGTH"] = config.max_value_bytes
@@ -78,6 +88,7 @@ def create_app(config: NodeConfig, **node_kwargs: Any) -> Quart:
         await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
         if task.done():  # the node failed to open (bad data dir, network mismatch, in use)
             waiter.cancel()
+            holder["failed"] = task.exception()
             task.result()
 
     @app.after_serving

@@ -10,8 +10,8 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from node.config import ConfigError, NodeConfig, is_loopback_host
-from vss.serve import parse_listen, serve_until_signalled
+from node.config import ConfigError, NodeConfig
+from vss.serve import is_loopback_host, parse_listen, serve_until_signalled
 from vssnode.console import fail
 
 log = logging.getLogger(__name__)
@@ -53,4 +53,10 @@ async def _serve(config: NodeConfig) -> None:
         print(f"vssnode: node API on {', '.join(urls)} (data dir {config.data_dir}, VSS {config.vss_url or 'off'})",
               flush=True)
 
-    await serve_until_signalled(app, hyper, on_bound=announce)
+    try:
+        await serve_until_signalled(app, hyper, on_bound=announce)
+    except Exception:
+        failed = app.extensions["vssnode"].get("failed")
+        if failed is not None:  # hypercorn reports a failed startup without its cause
+            raise failed from None
+        raise

@@ -1,4 +1,4 @@
-"""`python -m vss.server [--listen HOST:PORT] [--db URL] [--auth sigs|none] [--max-body-bytes N]`."""
+"""`python -m vss.server ...`: the flags of `vssnode vss-server` (vss/server/cli.py)."""
 
 import sys
 

@@ -107,6 +107,14 @@ class Backend(abc.ABC):
     async def close(self) -> None:
         """Release connections. The backend is unusable afterwards."""
 
+    def describe(self) -> str:
+        """Which database this is, for messages; never a password."""
+        return type(self).__name__
+
+    @abc.abstractmethod
+    async def ping(self) -> None:
+        """Run a trivial query: return if the database answers, raise otherwise (for /health)."""
+
     async def get_object(self, user: str, store_id: str, key: str) -> StoredObject:
         """The key's value and version; the reserved key `global_version` reads the counter."""
         check_store_id(store_id)
@@ -266,7 +274,8 @@ def check_put(writes: Sequence[Write], deletes: Sequence[Delete]) -> None:
             f"putObjects carries {count} items, the limit is {MAX_ITEMS_PER_PUT}; split the call"
         )
     seen: set[str] = set()
-    for item in (*writes, *deletes):
+    items: list[Write | Delete] = [*writes, *deletes]
+    for item in items:
         check_writable_key(item.key)
         check_item_version(item.key, item.version)
         if item.key in seen:
@@ -278,6 +287,11 @@ def check_put(writes: Sequence[Write], deletes: Sequence[Delete]) -> None:
 # A token is the creation sequence number of the last key of the previous page, as
 # unpadded URL-safe base64 of its decimal digits. Clients treat it as opaque.
 
+MAX_SEQ = 2**63 - 1
+"""Sequence numbers are int64 in both engines: a token beyond it was never issued."""
+_MAX_TOKEN_CHARS = 26
+"""The longest token we issue: base64 of the 19 digits of MAX_SEQ."""
+
 
 def encode_page_token(seq: int) -> str:
     return base64.urlsafe_b64encode(str(seq).encode("ascii")).rstrip(b"=").decode("ascii")
@@ -287,13 +301,17 @@ def decode_page_token(token: str) -> int:
     """The sequence number inside `token`; InvalidRequestError if it is not one of ours."""
     if not token:
         raise InvalidRequestError("page_token is empty; leave it unset for the first page")
+    if len(token) > _MAX_TOKEN_CHARS:
+        # Checked before decoding: int() of thousands of digits raises, and the database
+        # cannot compare with a number past int64.
+        raise InvalidRequestError("page_token is malformed; pass back next_page_token unchanged")
     try:
         raw = token.encode("ascii")
         padded = raw + b"=" * (-len(raw) % 4)
         text = base64.urlsafe_b64decode(padded).decode("ascii")
     except (UnicodeError, binascii.Error, ValueError):
         raise InvalidRequestError("page_token is malformed; pass back next_page_token unchanged") from None
-    if not (text.isascii() and text.isdigit()) or encode_page_token(int(text)) != token:
+    if not (text.isascii() and text.isdigit()) or encode_page_token(int(text)) != token or int(text) > MAX_SEQ:
         raise InvalidRequestError("page_token is malformed; pass back next_page_token unchanged")
     return int(text)
 

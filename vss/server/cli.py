@@ -1,10 +1,15 @@
 """Command line of the bundled VSS server: `vssnode vss-server` and `python -m vss.server`.
 
     vssnode vss-server [--listen 127.0.0.1:8081] [--db sqlite:///PATH | postgresql://...]
-                       [--auth sigs|none] [--max-body-bytes N]
+                       [--auth sigs|jwt|none] [--jwt-public-key PEM] [--max-body-bytes N]
+                       [--tls-cert PEM --tls-key PEM] [--workers N] [--loop auto|asyncio|uvloop]
+                       [--allow-unauthenticated-remote] [--log-level debug|info|warning|error]
 
-Serves through hypercorn's asyncio `serve()` until SIGINT or SIGTERM, then finishes the
-requests in flight and closes the database. `app_from_env()` builds the same app from
+Binds first, opens the database, and only then prints `listening on URL`; serves
+until SIGINT or SIGTERM, finishes the requests in flight and closes the database.
+Exit status 2: the configuration is wrong (a flag, URL or file); 1: it could not run
+(port in use, database unreachable); each with one line on stderr saying what to do,
+and a traceback only with `--log-level debug`. `app_from_env()` builds the app from
 VSS_SERVER_* variables for `hypercorn vss.server.asgi:app`.
 """
 
@@ -12,24 +17,31 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import os
-import signal
 import sys
+import tempfile
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
-# Quart and hypercorn are imported where they are used: `vssnode` builds this parser
-# for every command, and they cost a third of a second to import.
-from vss.server.backend import DEFAULT_MAX_BODY_BYTES, redact_url
-from vss.server.engines import open_backend
+# Only light modules at import time: `vssnode` builds this parser for every command.
+from vss.server.settings import (
+    AUTH_MODES,
+    DEFAULT_DB,
+    DEFAULT_LISTEN,
+    LOG_LEVELS,
+    LOOPS,
+    ConfigError,
+    Settings,
+    positive_int,
+)
 
 if TYPE_CHECKING:
     from hypercorn.config import Config
-    from quart import Quart
 
-DEFAULT_LISTEN = "127.0.0.1:8081"
-DEFAULT_DB = "sqlite:///./.data/vss.sqlite3"
-AUTH_MODES = ("sigs", "none")
+    from vss.server.app import VssApp
+
+log = logging.getLogger("vss.server")
 
 NO_AUTH_WARNING = """\
 **********************************************************************
@@ -43,7 +55,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the server's flags to `parser` (a subcommand parser or a standalone one)."""
     parser.add_argument(
         "--listen", default=DEFAULT_LISTEN, metavar="HOST:PORT",
-        help=f"address to serve on (default {DEFAULT_LISTEN}); the base URL is http://HOST:PORT/vss",
+        help=f"address to serve on, [IPv6]:PORT for IPv6 (default {DEFAULT_LISTEN}); the base URL is "
+        "http(s)://HOST:PORT/vss",
     )
     parser.add_argument(
         "--db", default=DEFAULT_DB, metavar="URL",
@@ -52,53 +65,55 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--auth", choices=AUTH_MODES, default="sigs",
-        help="sigs: secp256k1 signature header, one user per key (default); "
-        "none: everyone is one user, local development only",
+        help="sigs: secp256k1 signature header, one user per key (default); jwt: RS256 bearer tokens "
+        "(needs --jwt-public-key), the user is the token's sub; none: everyone is one user, local development only",
     )
     parser.add_argument(
-        "--max-body-bytes", type=_positive_int, default=DEFAULT_MAX_BODY_BYTES, metavar="N",
-        help=f"refuse request bodies over N bytes with 413 (default {DEFAULT_MAX_BODY_BYTES})",
+        "--jwt-public-key", metavar="PEM", default=None,
+        help="with --auth jwt: the RSA public key (PEM file) that verifies the tokens",
+    )
+    parser.add_argument(
+        "--max-body-bytes", type=positive_int, default=Settings.max_body_bytes, metavar="N",
+        help=f"refuse request bodies over N bytes with 413 (default {Settings.max_body_bytes})",
+    )
+    parser.add_argument("--tls-cert", metavar="PEM", default=None, help="serve https with this certificate (chain)")
+    parser.add_argument("--tls-key", metavar="PEM", default=None, help="the private key of --tls-cert")
+    parser.add_argument(
+        "--workers", type=positive_int, default=1, metavar="N",
+        help="serve from N processes on the one address (default 1); SQLite files and PostgreSQL both allow it",
+    )
+    parser.add_argument(
+        "--loop", choices=LOOPS, default="auto",
+        help="event loop: uvloop when installed (auto, the default), or force asyncio or uvloop",
+    )
+    parser.add_argument(
+        "--allow-unauthenticated-remote", action="store_true",
+        help="let --auth none listen on a non-loopback address (refused otherwise)",
+    )
+    parser.add_argument(
+        "--log-level", choices=LOG_LEVELS, default="info",
+        help="log verbosity (default info); debug adds tracebacks",
     )
 
 
 def run(args: argparse.Namespace) -> int:
-    """Serve until SIGINT/SIGTERM. Returns the process exit status (2: bad arguments)."""
-    from hypercorn.config import Config
-
-    from vss.server.app import create_app
-
+    """Serve until SIGINT/SIGTERM. Returns the exit status: 0 stopped, 1 failed, 2 misconfigured."""
+    configure_logging(args.log_level)
     try:
-        bind = parse_listen(args.listen)
-        backend = open_backend(args.db)
-    except ValueError as exc:
+        settings = Settings.from_args(args)
+        app = settings.build_app()
+    except ConfigError as exc:
         print(f"vss-server: {exc}", file=sys.stderr)
         return 2
-    if args.auth == "none":
+    if settings.auth == "none":
         print(NO_AUTH_WARNING, file=sys.stderr, flush=True)
-    app = create_app(backend, auth=args.auth, max_body_bytes=args.max_body_bytes)
-    where = f"http://{bind}/vss"
-
-    @app.before_serving
-    async def announce() -> None:
-        # Runs once the database is open, just before hypercorn binds.
-        print(
-            f"vss-server: listening on {where} (db {redact_url(args.db)}, auth {args.auth})",
-            flush=True,
-        )
-
-    config = Config()
-    config.bind = [bind]
-    config.accesslog = None
-    config.graceful_timeout = 10
     try:
-        asyncio.run(_serve_until_signalled(app, config))
+        status = _run_workers(settings, app) if settings.workers > 1 else _run_here(settings, app)
     except KeyboardInterrupt:
-        pass
-    except Exception as exc:  # startup failures: database unreachable, port taken, ...
-        print(f"vss-server: stopped: {_one_line(exc)}", file=sys.stderr)
-        return 1
-    print("vss-server: stopped", file=sys.stderr)
-    return 0
+        status = 0
+    if status == 0:
+        print("vss-server: stopped", file=sys.stderr)
+    return status
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -107,62 +122,148 @@ def main(argv: list[str] | None = None) -> int:
     return run(parser.parse_args(argv))
 
 
-def app_from_env(environ: Mapping[str, str] | None = None) -> Quart:
-    """The app configured by VSS_SERVER_DB, VSS_SERVER_AUTH, VSS_SERVER_MAX_BODY_BYTES.
+def app_from_env(environ: Mapping[str, str] | None = None) -> VssApp:
+    """The app configured by VSS_SERVER_DB, VSS_SERVER_AUTH, VSS_SERVER_JWT_PUBLIC_KEY,
+    VSS_SERVER_MAX_BODY_BYTES and VSS_SERVER_ALLOW_UNAUTHENTICATED.
 
-    Raises ValueError naming the variable that is wrong.
+    Raises ValueError (ConfigError) naming the variable that is wrong.
     """
-    from vss.server.app import create_app
-
-    env = os.environ if environ is None else environ
-    db = env.get("VSS_SERVER_DB") or DEFAULT_DB
-    auth = env.get("VSS_SERVER_AUTH") or "sigs"
-    if auth not in AUTH_MODES:
-        raise ValueError(f"VSS_SERVER_AUTH must be one of {', '.join(AUTH_MODES)}, not {auth!r}")
-    raw_limit = env.get("VSS_SERVER_MAX_BODY_BYTES") or str(DEFAULT_MAX_BODY_BYTES)
-    try:
-        max_body_bytes = _positive_int(raw_limit)
-    except argparse.ArgumentTypeError as exc:
-        raise ValueError(f"VSS_SERVER_MAX_BODY_BYTES: {exc}") from None
-    try:
-        backend = open_backend(db)
-    except ValueError as exc:
-        raise ValueError(f"VSS_SERVER_DB: {exc}") from None
-    if auth == "none":
+    settings = Settings.from_env(os.environ if environ is None else environ)
+    if settings.auth == "none":
         print(NO_AUTH_WARNING, file=sys.stderr, flush=True)
-    return create_app(backend, auth=auth, max_body_bytes=max_body_bytes)  # type: ignore[arg-type]
+    return settings.build_app()
 
 
-def parse_listen(listen: str) -> str:
-    """Check HOST:PORT (or [IPv6]:PORT) and return it as hypercorn's bind string."""
-    host, sep, port = listen.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ValueError(f"--listen wants HOST:PORT (e.g. {DEFAULT_LISTEN}), got {listen!r}")
-    if ":" in host and not (host.startswith("[") and host.endswith("]")):
-        raise ValueError(f"--listen: write an IPv6 address in brackets, e.g. [::1]:8081, got {listen!r}")
-    return f"{host}:{int(port)}"
+def configure_logging(level: str) -> None:
+    """Log lines to stderr at `level`; hypercorn's own chatter only from warnings up, unless debugging."""
+    numeric = getattr(logging, level.upper())
+    logging.basicConfig(level=numeric, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("hypercorn.error").setLevel(numeric if numeric == logging.DEBUG else max(numeric, logging.WARNING))
 
 
-async def _serve_until_signalled(app: Quart, config: Config) -> None:
-    from hypercorn.asyncio import serve
-
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
-    await serve(app, config, shutdown_trigger=stop.wait)
+# -- one process ------------------------------------------------------------------------------
 
 
-def _positive_int(text: str) -> int:
+def _run_here(settings: Settings, app: VssApp) -> int:
+    from hypercorn.utils import LifespanFailureError
+
+    from vss.serve import serve_until_signalled
+
+    config = _hypercorn_config(settings)
+    bound = False
+
+    def announce(urls: list[str]) -> None:
+        nonlocal bound
+        bound = True
+        _announce(settings, urls)
+
+    loop_factory = None
+    if settings.use_uvloop():
+        import uvloop
+
+        loop_factory = uvloop.new_event_loop
     try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} is not positive")
-    return value
+        with asyncio.Runner(loop_factory=loop_factory) as runner:
+            runner.run(serve_until_signalled(app, config, on_bound=announce))
+    except LifespanFailureError:
+        return _failed(f"{app.startup_error or 'the server failed to start'}; check --db and that the database is up")
+    except OSError as exc:
+        if not bound:
+            return _cannot_listen(settings, exc)
+        return _failed(f"stopped: {_one_line(exc)}", exc)
+    except Exception as exc:
+        return _failed(f"stopped: {_one_line(exc)}", exc)
+    return 0
+
+
+# -- several processes ------------------------------------------------------------------------
+
+
+def _run_workers(settings: Settings, app: VssApp) -> int:
+    """`--workers N`: hypercorn's worker processes on sockets bound here, before anything is announced.
+
+    Each worker builds its own app (`vss.server.worker`) from the settings passed in
+    VSS_SERVER_* variables, and keeps its metrics in a directory shared by all of them.
+    """
+    from hypercorn.run import run as run_workers
+
+    from vss.serve import bind_listening
+    from vss.server.metrics import MULTIPROC_ENV
+
+    try:
+        asyncio.run(_probe_database(app))
+    except Exception as exc:
+        return _failed(f"{app.startup_error or _one_line(exc)}; check --db and that the database is up", exc)
+    config = _hypercorn_config(settings)
+    config.workers = settings.workers
+    config.worker_class = "uvloop" if settings.use_uvloop() else "asyncio"
+    config.application_path = "vss.server.worker:app"
+    try:
+        config, urls, sockets = bind_listening(config)
+    except OSError as exc:
+        return _cannot_listen(settings, exc)
+    try:
+        with tempfile.TemporaryDirectory(prefix="vss-server-metrics-") as metrics_dir:
+            os.environ.update(settings.to_env())
+            os.environ[MULTIPROC_ENV] = metrics_dir
+            _announce(settings, urls)
+            status = run_workers(config)
+    finally:
+        for sock in sockets:
+            sock.detach()  # hypercorn closed its sockets over the same descriptors
+    if status != 0:
+        return _failed(f"a worker process exited with status {status}; see the lines above")
+    return 0
+
+
+async def _probe_database(app: VssApp) -> None:
+    """Open and close the database once, so an unreachable one fails before the workers start."""
+    await app.startup()
+    await app.shutdown()
+
+
+# -- shared -----------------------------------------------------------------------------------
+
+
+def _hypercorn_config(settings: Settings) -> Config:
+    from hypercorn.config import Config
+
+    from vss.serve import format_listen
+
+    config = Config()
+    config.bind = [format_listen(settings.host, settings.port)]
+    config.accesslog = None
+    config.errorlog = logging.getLogger("hypercorn.error")
+    config.graceful_timeout = 10
+    config.include_server_header = False
+    if settings.tls_cert is not None:
+        config.certfile = settings.tls_cert
+        config.keyfile = settings.tls_key
+    return config
+
+
+def _announce(settings: Settings, urls: list[str]) -> None:
+    workers = f", {settings.workers} workers" if settings.workers > 1 else ""
+    print(
+        f"vss-server: listening on {urls[0]}/vss (db {settings.redacted_db}, auth {settings.auth}{workers})",
+        flush=True,
+    )
+
+
+def _cannot_listen(settings: Settings, exc: OSError) -> int:
+    from vss.serve import format_listen
+
+    where = format_listen(settings.host, settings.port)
+    return _failed(f"cannot listen on {where}: {exc.strerror or exc}; stop what holds it or choose another --listen", exc)
+
+
+def _failed(message: str, exc: BaseException | None = None) -> int:
+    print(f"vss-server: {message}", file=sys.stderr, flush=True)
+    if exc is not None and log.isEnabledFor(logging.DEBUG):
+        log.debug("the failure in full:", exc_info=exc)
+    return 1
 
 
 def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[-1] if text else ''}".rstrip(": ")
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[-1]}" if lines else type(exc).__name__

@@ -84,8 +84,8 @@ class PostgresBackend(Backend):
         """Build from `postgresql://...`; the query parameters `schema` and `pool_size` are ours,
         any other is passed on to asyncpg (which sends unknown ones as server settings)."""
         parts = urlsplit(url)
-        ours = {"schema": None, "pool_size": None}
-        rest = []
+        ours: dict[str, str | None] = {"schema": None, "pool_size": None}
+        rest: list[tuple[str, str]] = []
         for name, value in parse_qsl(parts.query, keep_blank_values=True):
             if name in ours:
                 ours[name] = value
@@ -135,6 +135,12 @@ class PostgresBackend(Backend):
         pool, self._pool = self._pool, None
         if pool is not None:
             await pool.close()
+
+    def describe(self) -> str:
+        return redact_url(self.dsn) + (f" (schema {self.schema})" if self.schema else "")
+
+    async def ping(self) -> None:
+        await self._require_pool().fetchval("SELECT 1")
 
     def _require_pool(self) -> asyncpg.Pool:
         if self._pool is None:
@@ -244,7 +250,7 @@ async def _apply_put(
         seqs = await conn.fetchval(
             "SELECT array_agg(nextval('vss_objects_seq_seq')) FROM generate_series(1, $1)", len(creating)
         )
-        seq_of = {item.key: seq for item, seq in zip(creating, sorted(seqs))}
+        seq_of = {item.key: seq for item, seq in zip(creating, sorted(seqs), strict=True)}
     writes = sorted(writes, key=lambda item: item.key)
     upserts = [item for item in writes if item.version == UNCONDITIONAL]
     creates = [item for item in writes if item.version == 0]

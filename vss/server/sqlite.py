@@ -5,7 +5,15 @@ holds the write lock takes every write queued behind it and applies them in one
 SQLite transaction, each inside its own SAVEPOINT so a conflicting request rolls back
 alone; then one COMMIT (one fsync, `synchronous=FULL`) makes the whole group durable
 before any of its requests is answered. Reads use a small pool of separate
-connections, which WAL lets run beside the writer, each in a worker thread.
+connections, which WAL lets run beside the writer.
+
+Short reads run on the event loop itself, on a reader connection of their own: a
+getObject by primary key, the global version, a listing page without a prefix filter
+(at most 101 rows of an index), each a few microseconds from the page cache. Handing
+them to a worker thread cost more than the read. That connection never waits for a
+lock (busy timeout 0): should SQLite report the database busy, or a value be larger
+than `INLINE_VALUE_BYTES` (read from disk, it could take a while), the read is done
+again in a worker thread like any other.
 
 The creation order that listKeyVersions needs is the table's AUTOINCREMENT rowid:
 an upsert of an existing key keeps its row (and position); a key deleted and created
@@ -19,7 +27,7 @@ import logging
 import sqlite3
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 import anyio.to_thread
@@ -39,6 +47,9 @@ log = logging.getLogger(__name__)
 SCHEMA_VERSION = 1
 READ_CONNECTIONS = 4
 BUSY_TIMEOUT_MS = 10_000
+INLINE_VALUE_BYTES = 64 * 1024
+"""Values up to this size are read on the event loop; larger ones in a worker thread."""
+T = TypeVar("T")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS vss_objects (
@@ -81,6 +92,7 @@ class SqliteBackend(Backend):
         self._read_connections = read_connections
         self._writer: sqlite3.Connection | None = None
         self._readers: list[sqlite3.Connection] = []
+        self._inline: sqlite3.Connection | None = None
         self._read_slots = anyio.Semaphore(max(1, read_connections))
         self._write_lock = anyio.Lock()
         self._pending: list[_WriteJob] = []
@@ -118,32 +130,43 @@ class SqliteBackend(Backend):
             writer.close()
             raise
         readers = []
+        inline = None
         if not self._in_memory:
             for _ in range(self._read_connections):
                 reader = self._connect()
                 reader.execute("PRAGMA query_only=ON")
                 readers.append(reader)
+            inline = self._connect(busy_timeout_ms=0)
+            inline.execute("PRAGMA query_only=ON")
         self._writer = writer
         self._readers = readers
+        self._inline = inline
 
-    def _connect(self) -> sqlite3.Connection:
+    def _connect(self, busy_timeout_ms: int = BUSY_TIMEOUT_MS) -> sqlite3.Connection:
         # isolation_level=None: we issue BEGIN/COMMIT ourselves.
         conn = sqlite3.connect(
             self.path,
             isolation_level=None,
             check_same_thread=False,
-            timeout=BUSY_TIMEOUT_MS / 1000,
+            timeout=busy_timeout_ms / 1000,
         )
-        conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+        conn.execute(f"PRAGMA busy_timeout={busy_timeout_ms}")
         return conn
 
     async def close(self) -> None:
         async with self._write_lock:
-            connections = [*self._readers, *([self._writer] if self._writer else [])]
+            connections = [*self._readers, *(c for c in (self._inline, self._writer) if c is not None)]
             self._readers = []
+            self._inline = None
             self._writer = None
             for conn in connections:
                 await anyio.to_thread.run_sync(conn.close)
+
+    def describe(self) -> str:
+        return f"sqlite:///{self.path}"
+
+    async def ping(self) -> None:
+        await self._read_short(lambda conn: conn.execute("SELECT 1").fetchone())
 
     # -- plumbing -----------------------------------------------------------------
 
@@ -152,7 +175,19 @@ class SqliteBackend(Backend):
             raise InternalServerError("the SQLite backend is not open")
         return self._writer
 
-    async def _read(self, query: Callable[[sqlite3.Connection], Any]) -> Any:
+    async def _read_short(self, query: Callable[[sqlite3.Connection], T]) -> T:
+        """Run a short `query` on the event loop, or in a worker thread if SQLite is busy."""
+        inline = self._inline
+        if inline is not None:
+            try:
+                return query(inline)
+            except sqlite3.OperationalError:
+                # "database is locked" and the like: never wait on the loop; wait in a thread.
+                if inline.in_transaction:
+                    inline.execute("ROLLBACK")
+        return await self._read(query)
+
+    async def _read(self, query: Callable[[sqlite3.Connection], T]) -> T:
         """Run `query` on a reader connection in a worker thread."""
         if self._in_memory:
             # One in-memory database means one connection: reads queue with the writes.
@@ -233,10 +268,26 @@ class SqliteBackend(Backend):
             ).fetchone()
             return None if row is None else StoredObject(key, row[0], bytes(row[1]))
 
-        return await self._read(query)
+        def small_only(conn: sqlite3.Connection) -> StoredObject | None | _TooLarge:
+            # length() of a blob reads no overflow pages: a large value is left on disk.
+            row = conn.execute(
+                "SELECT version, CASE WHEN length(value) <= ? THEN value END"
+                " FROM vss_objects WHERE user_id=? AND store_id=? AND key=?",
+                (INLINE_VALUE_BYTES, user, store_id, key),
+            ).fetchone()
+            if row is None:
+                return None
+            if row[1] is None:
+                return _TOO_LARGE
+            return StoredObject(key, row[0], bytes(row[1]))
+
+        found = await self._read_short(small_only)
+        if isinstance(found, _TooLarge):
+            return await self._read(query)
+        return found
 
     async def _read_global_version(self, user: str, store_id: str) -> int:
-        return await self._read(lambda conn: _global_version(conn, user, store_id))
+        return await self._read_short(lambda conn: _global_version(conn, user, store_id))
 
     async def _commit_put(
         self,
@@ -251,8 +302,8 @@ class SqliteBackend(Backend):
                 _bump_global_version(conn, user, store_id, global_version)
             for item in writes:
                 _write_item(conn, user, store_id, item)
-            for item in deletes:
-                _delete_item(conn, user, store_id, item)
+            for gone in deletes:
+                _delete_item(conn, user, store_id, gone)
 
         await self._write(apply)
 
@@ -303,16 +354,27 @@ class SqliteBackend(Backend):
                 rows = [ScannedKey(k, v, s) for k, v, s in conn.execute(sql, params)]
                 return version, rows
             finally:
-                conn.execute("COMMIT")
+                if conn.in_transaction:
+                    conn.execute("COMMIT")
 
-        return await self._read(query)
+        if prefix:
+            # A prefix filter may walk every key of the store to fill a page: not short.
+            return await self._read(query)
+        return await self._read_short(query)
+
+
+class _TooLarge:
+    """A value over INLINE_VALUE_BYTES: read it again in a worker thread."""
+
+
+_TOO_LARGE = _TooLarge()
 
 
 def _global_version(conn: sqlite3.Connection, user: str, store_id: str) -> int:
     row = conn.execute(
         "SELECT global_version FROM vss_stores WHERE user_id=? AND store_id=?", (user, store_id)
     ).fetchone()
-    return 0 if row is None else row[0]
+    return 0 if row is None else int(row[0])
 
 
 def _bump_global_version(conn: sqlite3.Connection, user: str, store_id: str, expected: int) -> None:

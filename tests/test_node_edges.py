@@ -1,0 +1,348 @@
+"""The whole node at the edges of its promises, in-process, against the in-memory server.
+
+Each test names a fault, the expected outcome, and compares the server's copy
+(decrypted, independently of the node) with the node's local state: a server that
+lost its data, a server down while VSS is first enabled, a value the server refuses,
+a stale node given its store back, a fenced node left alone, writes that wait for the
+server, and verification finding what the server got wrong.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+from actors import Node, NodeState
+from actors.ownership_guard import FENCE_KEY
+from fakevss import FakePort, FakeVssServer
+from node import crypto, errors, kv_keys
+from node.config import NodeConfig
+from node.keys import NodeKeys, derive_keys, generate_mnemonic
+from node.mnemonic_vault import FAST_LIMITS
+from node.store import Triple
+from node.wallet_format import MANIFEST_KEY
+from nodeutil import wait_for
+from vss.proto.vss_pb2 import KeyValue
+
+pytestmark = pytest.mark.trio
+PASSWORD = "edge password"
+URL = "https://vss.example/vss"  # never dialled: the node talks to the in-memory server
+
+
+@asynccontextmanager
+async def node_on(server: FakeVssServer, data_dir: Path, *, port: FakePort | None = None, vss: bool = True,
+                  **settings: Any) -> AsyncIterator[Node]:
+    config = NodeConfig(data_dir=data_dir, vss_url=URL if vss else None, vault_limits=FAST_LIMITS, **settings)
+    the_port = port or server.port()
+    async with Node.open(config, vss_port=lambda keys: the_port) as node:
+        yield node
+
+
+def server_kv(server: FakeVssServer, keys: NodeKeys) -> dict[Triple, bytes]:
+    """The server's copy of the KV stream, decrypted without the node."""
+    found = {}
+    for key, value in server.values(keys.kv_store_id).items():
+        if key != FENCE_KEY:
+            found[kv_keys.from_vss_key(key)] = crypto.decrypt_value(keys.signing_key, value)
+    return found
+
+
+async def settled(node: Node) -> bool:
+    info = await node.backup_info()
+    return info["pending_kv_writes"] == 0 and not info["backup_required"]
+
+
+async def test_a_wiped_server_is_refilled_and_the_node_stays_running(tmp_path):
+    """Fault: the server loses all its data while the node runs. Expected: the node is
+    not fenced; its next write finds the store empty, takes it again, and every key and
+    the wallet go back; the refill is counted."""
+    server = FakeVssServer()
+    mnemonic = generate_mnemonic()
+    keys = derive_keys(mnemonic)
+    async with node_on(server, tmp_path / "a") as node:
+        await node.init(PASSWORD, mnemonic)
+        await node.unlock(PASSWORD)
+        for i in range(30):
+            await node.put("ns", "", f"k{i}", b"value %d" % i)
+        await node.wallet_write("w", b"wallet")
+        await node.backup_now()
+        await wait_for(lambda: settled(node), what="everything on the server")
+        server.wipe()
+        await node.put("ns", "", "after", b"the write that finds the store empty")
+        await wait_for(lambda: len(server_kv(server, keys)) == 31, what="the refill")
+        await wait_for(lambda: settled(node), what="the wallet uploaded again")
+        assert node.state is NodeState.RUNNING
+        assert server_kv(server, keys) == node.store.all_items()
+        assert MANIFEST_KEY in server.values(keys.wallet_store_id)
+        assert node.metrics.value("store_resets_total") == 2  # the KV store and the wallet store
+
+
+async def test_a_server_wiped_while_the_node_was_stopped_is_refilled_at_unlock(tmp_path):
+    server = FakeVssServer()
+    mnemonic = generate_mnemonic()
+    keys = derive_keys(mnemonic)
+    async with node_on(server, tmp_path / "a") as node:
+        await node.init(PASSWORD, mnemonic)
+        await node.unlock(PASSWORD)
+        for i in range(10):
+            await node.put("ns", "", f"k{i}", b"v")
+        await node.wallet_write("w", b"wallet")
+        await node.backup_now()
+        await wait_for(lambda: settled(node), what="everything on the server")
+    server.wipe()
+    async with node_on(server, tmp_path / "a") as node:
+        await node.unlock(PASSWORD)
+        await wait_for(lambda: settled(node), what="the refill after unlock")
+        assert server_kv(server, keys) == node.store.all_items() and len(node.store.all_items()) == 10
+        assert (await node.backup_info())["backup_restorable"] is True
+
+
+async def test_vss_enabled_while_the_server_is_down_owes_every_key(tmp_path):
+    """Fault: a node with state is first started with VSS while the server is down.
+    Expected: it unlocks, every local key is owed (pending counts them all, before
+    anything was sent), and once the server is back they all land."""
+    server = FakeVssServer()
+    mnemonic = generate_mnemonic()
+    keys = derive_keys(mnemonic)
+    async with node_on(server, tmp_path / "a", vss=False) as node:
+        await node.init(PASSWORD, mnemonic)
+        await node.unlock(PASSWORD)
+        for i in range(12):
+            await node.put("ns", "", f"k{i}", b"before vss")
+    port = FakePort(server)
+    port.down = True
+    async with node_on(server, tmp_path / "a", port=port) as node:
+        await node.unlock(PASSWORD)
+        assert (await node.backup_info())["pending_kv_writes"] == 12
+        port.down = False
+        await wait_for(lambda: settled(node), timeout=30, what="the owed keys after the server came up")
+        assert server_kv(server, keys) == node.store.all_items()
+
+
+async def test_a_value_the_server_refuses_blocks_nothing_else(tmp_path):
+    """Fault: one value is over the server's body limit, among 20 small ones. Expected:
+    the small ones land; the big one stays owed and is reported by name; once it is
+    overwritten with a value the server takes, it lands and the report clears."""
+    server = FakeVssServer()
+    server.max_body_bytes = 64 * 1024
+    mnemonic = generate_mnemonic()
+    keys = derive_keys(mnemonic)
+    async with node_on(server, tmp_path / "a") as node:
+        await node.init(PASSWORD, mnemonic)
+        await node.unlock(PASSWORD)
+        await node.put("ns", "", "huge", b"x" * 100_000)
+        for i in range(20):
+            await node.put("ns", "", f"small{i}", b"s")
+        await wait_for(lambda: len(server_kv(server, keys)) == 20, what="the small values")
+        info = await node.backup_info()
+        assert info["rejected_kv_writes"] == 1 and "ns/_/huge" in info["kv_error"]
+        assert info["pending_kv_writes"] == 1 and ("ns", "", "huge") not in server_kv(server, keys)
+        with pytest.raises(errors.ReplicationRejected):
+            await node.put("ns", "", "huge2", b"y" * 100_000, durability="remote")
+        await node.put("ns", "", "huge", b"now small")
+        await node.delete("ns", "", "huge2")
+        await wait_for(lambda: settled(node), what="the value that changed")
+        info = await node.backup_info()
+        assert info["rejected_kv_writes"] == 0 and info["kv_error"] is None
+        assert server_kv(server, keys) == node.store.all_items()
+
+
+async def test_a_stale_node_given_the_store_back_is_refused_unless_it_accepts(tmp_path):
+    """Fault: node A was replaced by B (a restore onto a fresh data dir), B wrote, then
+    A is given the store back (its fence cleared). Expected: A's unlock is refused with
+    StoreDiverged naming both sides' counts, and writes nothing; with the divergence
+    accepted, A's state wins and is re-sent, and B's keys stay on the server."""
+    server = FakeVssServer()
+    mnemonic = generate_mnemonic()
+    keys = derive_keys(mnemonic)
+    async with node_on(server, tmp_path / "a") as a:
+        await a.init(PASSWORD, mnemonic)
+        await a.unlock(PASSWORD)
+        await a.put("ns", "", "shared", b"from A")
+        await a.put("ns", "", "a-only", b"from A")
+        await wait_for(lambda: settled(a), what="A on the server")
+    async with node_on(server, tmp_path / "b") as b:
+        await b.init(PASSWORD, mnemonic)
+        await b.clear_fence(PASSWORD)
+        await b.unlock(PASSWORD)
+        await b.delete("ns", "", "a-only")
+        for i in range(7):
+            await b.put("ns", "", f"b{i}", b"from B")
+        await b.put("ns", "", "shared", b"from B")
+        await wait_for(lambda: settled(b), what="B on the server")
+    before = server_kv(server, keys)
+    async with node_on(server, tmp_path / "a") as a:
+        await a.clear_fence(PASSWORD)
+        with pytest.raises(errors.StoreDiverged) as refused:
+            await a.unlock(PASSWORD)
+        message = str(refused.value)
+        assert "7 keys only on the server" in message and "1 key only on this node" in message, message
+        assert a.state is NodeState.LOCKED and server_kv(server, keys) == before
+        assert FENCE_KEY not in server.values(keys.kv_store_id)
+    async with node_on(server, tmp_path / "a", vss_accept_divergence=True) as a:
+        await a.unlock(PASSWORD)
+        await wait_for(lambda: settled(a), what="A's state re-sent")
+        remote = server_kv(server, keys)
+        assert remote[("ns", "", "shared")] == b"from A" and remote[("ns", "", "a-only")] == b"from A"
+        assert all(remote[("ns", "", f"b{i}")] == b"from B" for i in range(7))  # reported, never deleted
+
+
+async def test_a_divergence_found_after_an_unreachable_unlock_stops_replication_not_writes(tmp_path):
+    server = FakeVssServer()
+    mnemonic = generate_mnemonic()
+    keys = derive_keys(mnemonic)
+    async with node_on(server, tmp_path / "a") as a:
+        await a.init(PASSWORD, mnemonic)
+        await a.unlock(PASSWORD)
+        await a.put("ns", "", "k", b"A")
+        await wait_for(lambda: settled(a), what="A on the server")
+    async with node_on(server, tmp_path / "b") as b:
+        await b.init(PASSWORD, mnemonic)
+        await b.clear_fence(PASSWORD)
+        await b.unlock(PASSWORD)
+        for i in range(3):
+            await b.put("ns", "", f"b{i}", b"B")
+            await wait_for(lambda: settled(b), what="B's write on the server")
+        await b.clear_fence(PASSWORD) if b.state is NodeState.LOCKED else None
+    port = FakePort(server)
+    async with node_on(server, tmp_path / "a", port=port) as a:
+        from actors.ownership_guard import clear_fence
+
+        await clear_fence(port, keys.kv_store_id)
+        port.down = True
+        await a.unlock(PASSWORD)  # the server is down: the check waits for the first write
+        port.down = False
+        await a.put("ns", "", "k", b"A again")
+        await wait_for(lambda: a.state is NodeState.DIVERGED, what="the divergence found at the first write")
+        await a.put("ns", "", "still", b"writes go on, owed")
+        info = await a.backup_info()
+        assert info["diverged"] is True and info["pending_kv_writes"] == 2 and "another node" in info["kv_error"]
+        assert server_kv(server, keys)[("ns", "", "k")] == b"A"  # nothing of A landed
+
+
+async def test_a_fenced_node_stays_fenced_while_left_alone(tmp_path, mock_clock):
+    """Fault: node B takes the store over and node A is left running for ten minutes
+    (its retry-queue sweeps every minute). Expected: A stays fenced, says so, and its
+    actors stay up (before, a sweep hit the replicator's closed channel and the node
+    dropped to locked, clearing the operator's alert)."""
+    mock_clock.autojump_threshold = 0.05
+    server = FakeVssServer()
+    mnemonic = generate_mnemonic()
+    async with node_on(server, tmp_path / "a") as a, node_on(server, tmp_path / "b") as b:
+        await a.init(PASSWORD, mnemonic)
+        await a.unlock(PASSWORD)
+        await a.put("ns", "", "k", b"A")
+        await wait_for(lambda: settled(a), what="A on the server")
+        await b.init(PASSWORD, mnemonic)
+        await b.clear_fence(PASSWORD)
+        await b.unlock(PASSWORD)
+        await a.put("ns", "", "k2", b"A after the takeover")
+        await wait_for(lambda: a.state is NodeState.FENCED, what="A fenced")
+        await anyio.sleep(600)
+        assert a.state is NodeState.FENCED and (await a.backup_info())["fenced"] is True
+        assert a.gauges()["fenced"] == 1.0 and a.session_status() is not None
+        with pytest.raises(errors.OwnershipLost):
+            await a.put("ns", "", "k3", b"refused")
+        assert await a.get("ns", "", "k2") == b"A after the takeover"
+
+
+async def test_durability_remote_waits_for_the_server(tmp_path):
+    """A write with durability=remote returns once the server has it; with the server
+    down it answers ReplicationTimeout after the timeout, committed locally and owed,
+    and lands once the server is back."""
+    server = FakeVssServer()
+    port = FakePort(server)
+    mnemonic = generate_mnemonic()
+    keys = derive_keys(mnemonic)
+    async with node_on(server, tmp_path / "a", port=port, remote_write_timeout_s=1.0) as node:
+        await node.init(PASSWORD, mnemonic)
+        await node.unlock(PASSWORD)
+        await node.put("ns", "", "k", b"on the server before the reply", durability="remote")
+        assert server_kv(server, keys)[("ns", "", "k")] == b"on the server before the reply"
+        await node.delete("ns", "", "k", durability="remote")
+        assert ("ns", "", "k") not in server_kv(server, keys)
+        port.down = True
+        with pytest.raises(errors.ReplicationTimeout):
+            await node.put("ns", "", "late", b"owed", durability="remote")
+        assert await node.get("ns", "", "late") == b"owed"
+        assert (await node.backup_info())["pending_kv_writes"] == 1
+        port.down = False
+        await wait_for(lambda: settled(node), timeout=30, what="the owed write once the server is back")
+        assert server_kv(server, keys)[("ns", "", "late")] == b"owed"
+        with pytest.raises(errors.InvalidRequest):
+            await node.put("ns", "", "k", b"v", durability="eventually")  # type: ignore[arg-type]
+    async with node_on(server, tmp_path / "off", vss=False) as plain:
+        await plain.init(PASSWORD, generate_mnemonic())
+        await plain.unlock(PASSWORD)
+        with pytest.raises(errors.VssNotEnabled):
+            await plain.put("ns", "", "k", b"v", durability="remote")
+
+
+async def test_verify_and_the_auditor_find_what_the_server_got_wrong(tmp_path):
+    """Fault: the server's copy is tampered with behind the node's back: one value
+    replaced, one key removed, one foreign key added. Expected: verify counts each
+    (mismatched, missing, extra), keys still owed are not counted, the missing key is
+    re-sent, and the foreign one is left alone."""
+    server = FakeVssServer()
+    port = FakePort(server)
+    mnemonic = generate_mnemonic()
+    keys = derive_keys(mnemonic)
+    store = keys.kv_store_id
+    async with node_on(server, tmp_path / "a", port=port) as node:
+        await node.init(PASSWORD, mnemonic)
+        await node.unlock(PASSWORD)
+        for i in range(10):
+            await node.put("ns", "", f"k{i}", b"value %d" % i)
+        await node.wallet_write("w", b"wallet")
+        await node.backup_now()
+        await wait_for(lambda: settled(node), what="everything on the server")
+        clean = await node.verify()
+        assert (clean.missing_on_server, clean.extra_on_server, clean.mismatched, clean.wallet_restorable) == (0, 0, 0, True)
+        other = crypto.encrypt_value(keys.signing_key, b"not what the node wrote")
+        server.apply_put(store, [KeyValue(key="ns/_/k1", version=-1, value=other)], [], None)
+        server.apply_put(store, [KeyValue(key="ns/_/foreign", version=-1, value=other)], [],  None)
+        server.apply_put(store, [], [KeyValue(key="ns/_/k2", version=-1)], None)
+        report = await node.verify()
+        assert (report.missing_on_server, report.extra_on_server, report.mismatched) == (1, 1, 1)
+        assert report.keys_checked == 11 and report.pending == 0
+        info = await node.backup_info()
+        assert (info["verify_missing"], info["verify_extra"]) == (1, 1) and info["last_verified_at"] is not None
+        await wait_for(lambda: ("ns", "", "k2") in server_kv(server, keys), what="the missing key re-sent")
+        assert ("ns", "", "foreign") in server_kv(server, keys)
+
+
+async def test_the_auditor_runs_after_unlock_and_every_interval(tmp_path):
+    server = FakeVssServer()
+    mnemonic = generate_mnemonic()
+    keys = derive_keys(mnemonic)
+    async with node_on(server, tmp_path / "a", vss_verify_interval_s=0.2) as node:
+        await node.init(PASSWORD, mnemonic)
+        await node.unlock(PASSWORD)
+        await wait_for(lambda: _verified(node), what="the first pass after unlock")
+        await node.put("ns", "", "k", b"v")
+        await wait_for(lambda: settled(node), what="the key on the server")
+        server.apply_put(keys.kv_store_id, [], [KeyValue(key="ns/_/k", version=-1)], None)
+        await wait_for(lambda: ("ns", "", "k") in server_kv(server, keys), what="a periodic pass re-sending it")
+
+
+async def _verified(node: Node) -> bool:
+    return (await node.backup_info())["last_verified_at"] is not None
+
+
+async def test_one_process_per_data_dir(tmp_path):
+    server = FakeVssServer()
+    async with node_on(server, tmp_path / "a"):
+        with pytest.raises(errors_config_in_use()):
+            Node(NodeConfig(data_dir=tmp_path / "a", vault_limits=FAST_LIMITS))
+    Node(NodeConfig(data_dir=tmp_path / "a", vault_limits=FAST_LIMITS))._close_files()  # released on close
+
+
+def errors_config_in_use() -> type[Exception]:
+    from node.data_dir import DataDirInUse
+
+    return DataDirInUse

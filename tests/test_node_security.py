@@ -1,0 +1,168 @@
+"""The node API under hostile neighbours, through the real process (`vssnode run`,
+hypercorn): cross-site requests and DNS rebinding, secrets off the command line,
+private files, one process per data dir. Every refusal is checked to have stored
+nothing and to leave the process serving.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import pytest
+
+from conftest import free_loopback_port
+from nodeutil import MNEMONIC_A
+
+REPO = Path(__file__).resolve().parents[1]
+JSON = {"Content-Type": "application/json"}
+
+
+class RunningNode:
+    def __init__(self, process: subprocess.Popen[bytes], port: int, log: Path) -> None:
+        self.process = process
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+        self.log = log
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+def vssnode(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "vssnode", *args], capture_output=True, text=True, timeout=timeout,
+                          cwd=REPO, env=None if env is None else {**os.environ, **env})
+
+
+@contextmanager
+def running_node(data_dir: Path, *args: str, env: dict[str, str] | None = None, token: str | None = None,
+                 ) -> Iterator[RunningNode]:
+    port = free_loopback_port()
+    log = data_dir.parent / f"{data_dir.name}-{port}.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "vssnode", "run", str(data_dir), "--listen", f"127.0.0.1:{port}", *args],
+            stdout=out, stderr=subprocess.STDOUT, cwd=REPO, env=None if env is None else {**os.environ, **env},
+        )
+    node = RunningNode(process, port, log)
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                httpx.get(f"{node.url}/nodeinfo", headers=headers, timeout=2)
+                break
+            except httpx.TransportError:
+                assert process.poll() is None, f"the node exited:\n{node.log_text()}"
+                assert time.monotonic() < deadline, f"the node did not answer:\n{node.log_text()}"
+                time.sleep(0.05)  # poll interval, bounded by the deadline
+        yield node
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def state(node: RunningNode, **headers: str) -> str:
+    return httpx.get(f"{node.url}/nodeinfo", headers=headers, timeout=10).json()["state"]
+
+
+def refused(response: httpx.Response, status: int, name: str) -> None:
+    assert response.status_code == status, response.text
+    assert response.json()["name"] == name
+
+
+def test_cross_site_requests_and_dns_rebinding_are_refused(tmp_path):
+    """Attack: a page in the operator's browser posts to the loopback node (a text/plain
+    form post with another Origin, a fetch marked cross-site), or a rebinding page sends
+    its own Host. Expected: 403 or 415 with nothing run (the node stays uninitialized, no
+    mnemonic comes back), and the node still answers its own origin."""
+    with running_node(tmp_path / "n") as node:
+        init = f"{node.url}/init"
+        body = b'{"password": "pw"}'
+        refused(httpx.post(init, content=body, headers={"Content-Type": "text/plain", "Origin": "http://evil.example"}),
+                403, "ForbiddenOrigin")
+        refused(httpx.post(init, content=body, headers={**JSON, "Origin": "http://evil.example"}), 403, "ForbiddenOrigin")
+        refused(httpx.post(init, content=body, headers={**JSON, "Sec-Fetch-Site": "cross-site"}), 403, "ForbiddenOrigin")
+        refused(httpx.post(init, content=body, headers={**JSON, "Host": f"evil.example:{node.port}"}), 403,
+                "ForbiddenOrigin")
+        refused(httpx.get(f"{node.url}/kv?primary=p", headers={"Host": "evil.example"}), 403, "ForbiddenOrigin")
+        refused(httpx.post(init, content=body, headers={"Content-Type": "text/plain"}), 415, "UnsupportedMediaType")
+        refused(httpx.post(init, content=body), 415, "UnsupportedMediaType")
+        assert state(node) == "uninitialized" and node.process.poll() is None
+        # the node's own origin, in each spelling of loopback, is fine
+        assert httpx.get(f"http://localhost:{node.port}/nodeinfo").status_code == 200
+        same_origin = {**JSON, "Origin": node.url, "Sec-Fetch-Site": "same-origin"}
+        answer = httpx.post(init, content=body, headers=same_origin)
+        assert answer.status_code == 200 and len(answer.json()["mnemonic"].split()) == 24
+
+
+def test_a_lone_surrogate_password_is_400_not_500(tmp_path):
+    with running_node(tmp_path / "n") as node:
+        answer = httpx.post(f"{node.url}/init", content=b'{"password": "\\ud800"}', headers=JSON)
+        refused(answer, 400, "InvalidRequest")
+        assert state(node) == "uninitialized"
+
+
+def test_the_api_token_comes_from_a_file_or_the_environment_never_the_command_line(tmp_path):
+    token = "t0ken-" + os.urandom(8).hex()
+    token_file = tmp_path / "token"
+    token_file.write_text(token + "\n")
+    with running_node(tmp_path / "a", "--api-token-file", str(token_file), token=token) as node:
+        assert token not in Path(f"/proc/{node.process.pid}/cmdline").read_bytes().decode(errors="replace")
+        refused(httpx.get(f"{node.url}/nodeinfo"), 401, "Unauthorized")
+        assert state(node, Authorization=f"Bearer {token}") == "uninitialized"
+        # with a token, the Host of a reverse proxy in front is fine
+        assert httpx.get(f"{node.url}/nodeinfo", headers={"Authorization": f"Bearer {token}", "Host": "node.example"}
+                         ).status_code == 200
+    with running_node(tmp_path / "b", env={"VSSNODE_API_TOKEN": token}, token=token) as node:
+        refused(httpx.get(f"{node.url}/nodeinfo"), 401, "Unauthorized")
+        assert state(node, Authorization=f"Bearer {token}") == "uninitialized"
+
+
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["--listen", "0.0.0.0:3999"], "not a loopback address"),
+        (["--vss-url", "http://127.0.0.1:8081"], "did you mean http://127.0.0.1:8081/vss"),
+        (["--api-token-file", "/nonexistent/token"], "cannot read the API token file"),
+        (["--api-token", "a", "--api-token-file", "/etc/hostname"], "not both"),
+        (["--vss-ca-file", "/nonexistent.pem", "--vss-url", "https://vss.example/vss"], "no such file"),
+    ],
+)
+def test_refused_configurations_exit_2_with_one_line(tmp_path, args, expected):
+    result = vssnode("run", str(tmp_path / "d"), *args)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("vssnode: ") and expected in lines[0], result.stderr
+    assert not (tmp_path / "d").exists()
+
+
+def test_files_are_private_and_a_readable_data_dir_is_tightened(tmp_path):
+    data = tmp_path / "n"
+    data.mkdir(mode=0o755)
+    os.chmod(data, 0o755)
+    with running_node(data) as node:
+        assert httpx.post(f"{node.url}/init", json={"password": "pw", "mnemonic": MNEMONIC_A}).status_code == 200
+        assert httpx.post(f"{node.url}/unlock", json={"password": "pw"}).status_code == 200
+        assert httpx.put(f"{node.url}/kv/k", content=b"secret").status_code == 204
+        assert httpx.put(f"{node.url}/wallet/files/dir/f", content=b"wallet").status_code == 204
+        assert "made it 700" in node.log_text()
+    assert stat.S_IMODE(data.stat().st_mode) == 0o700
+    for path in data.rglob("*"):
+        mode = stat.S_IMODE(path.lstat().st_mode)
+        assert mode & 0o077 == 0, f"{path} is {mode:o}"
+
+
+def test_a_second_process_on_the_same_data_dir_exits_2(tmp_path):
+    with running_node(tmp_path / "n") as node:
+        second = vssnode("run", str(tmp_path / "n"), "--listen", f"127.0.0.1:{free_loopback_port()}")
+        assert second.returncode == 2
+        assert "in use by another vssnode process" in second.stderr and len(second.stderr.strip().splitlines()) == 1
+        assert state(node) == "uninitialized" and node.process.poll() is None

@@ -1,0 +1,16 @@
+"""The app of one worker process of `vssnode vss-server --workers N`.
+
+hypercorn starts each worker in a fresh interpreter and loads `vss.server.worker:app`.
+The parent process has checked the configuration, printed any warning, and passed
+the settings in VSS_SERVER_* variables (`Settings.to_env`); this module only rebuilds
+the app from them, with the parent's log level.
+"""
+
+import os
+
+from vss.server.cli import configure_logging
+from vss.server.settings import Settings
+
+_settings = Settings.from_env(os.environ)
+configure_logging(_settings.log_level)
+app = _settings.build_app()
