@@ -60,8 +60,10 @@ async def test_takeover_during_the_old_owners_wallet_upload(tmp_path, spawn_vss_
     wallet and backs it up.
 
     Expected: not one more wallet piece of A lands after B's takeover: every
-    putObjects of A forwarded after B's unlock returned is refused (409), and the
-    server's wallet keys do not change between B's unlock and A being fenced; B
+    putObjects of A forwarded after B's acquire of the wallet store was answered (B's
+    second write of its unlock, after the KV store's; B has a link of its own that
+    records it) is refused (409), and the server's wallet keys do not change between
+    B's unlock and A being fenced; B
     restored A's last whole backup byte for byte; B's backup is what the server then
     holds, and a fresh data dir restores it byte for byte; A ends `fenced` in
     /nodeinfo, answers 409 OwnershipLost to KV and wallet writes, still serves reads;
@@ -74,10 +76,14 @@ async def test_takeover_during_the_old_owners_wallet_upload(tmp_path, spawn_vss_
     old_wallet = {"state.json": b'{"height": 1}', "db/small.bin": rng.randbytes(300_000)}
     big = rng.randbytes(8 * MiB)
     with trio.fail_after(DEADLINE_S):
-        async with running_proxy(server.url.removesuffix("/vss"), seed=report.seed) as link_a, node_fleet(tmp_path) as fleet:
-            link_a.record_calls = True
+        async with (
+            running_proxy(server.url.removesuffix("/vss"), seed=report.seed) as link_a,
+            running_proxy(server.url.removesuffix("/vss"), seed=report.seed + 1) as link_b,
+            node_fleet(tmp_path) as fleet,
+        ):
+            link_a.record_calls = link_b.record_calls = True
             a = fleet.node("a", link_a.url + "/vss")
-            b = fleet.node("b", server.url)
+            b = fleet.node("b", link_b.url + "/vss")
             await a.start()
             await b.start()
             await a.init(PASSWORD, mnemonic)
@@ -100,9 +106,13 @@ async def test_takeover_during_the_old_owners_wallet_upload(tmp_path, spawn_vss_
 
             await wait_for(lambda: pieces_landed() >= 2, timeout=60, what="two pieces of A's upload on the server")
             cleared = (await b.clear_fence(PASSWORD))["cleared"]
+            cleared_at = trio.current_time()
             await b.unlock(PASSWORD)
-            taken_over = trio.current_time()
-            pieces_before_takeover = pieces_landed()
+            b_acquires = _puts_forwarded_after(link_b.calls, cleared_at)
+            assert [c.status for c in b_acquires] == [200, 200], f"B's unlock wrote {b_acquires}, not its two acquires"
+            taken_over = b_acquires[-1].answered_at
+            pieces_before_takeover = sum(1 for c in link_a.calls if c.forwarded_at > big_written and c.body_bytes > PIECE_BYTES
+                                         and c.status == 200 and c.answered_at <= taken_over)
             at_takeover = await _wallet_key_versions(server.url, keys)
             restored_by_b = await api_wallet(b)
             a_pieces_on_server = sorted(k for k in at_takeover if k.startswith("backup/chunk/"))
@@ -165,17 +175,67 @@ async def _wallet_key_versions(url: str, keys: NodeKeys) -> dict[str, int]:
         return {item.key: item.version async for item in client.iter_key_versions(keys.wallet_store_id)}
 
 
+async def test_takeover_while_the_old_owners_atomic_upload_is_in_flight(tmp_path, vss_server, report):
+    """Fault: node A writes a 3 MiB wallet file; its upload (one putObjects of every
+    piece and document) is held at A's link — read, not yet forwarded — while node B
+    (fresh data dir, same mnemonic) clears the fence and unlocks. Then the held request
+    goes on to the server.
+
+    Expected: the server refuses it (409): A's backup does not land over the takeover,
+    and no key of the wallet store changes; A ends `fenced`; B restored A's last whole
+    backup, and that is what a fresh data dir restores, byte for byte.
+    """
+    rng = random.Random(report.seed)
+    mnemonic = generate_mnemonic()
+    keys = derive_keys(mnemonic)
+    old_wallet = {"state.json": b'{"height": 1}'}
+    with trio.fail_after(DEADLINE_S):
+        async with running_proxy(vss_server.url.removesuffix("/vss"), seed=report.seed) as link_a, node_fleet(tmp_path) as fleet:
+            link_a.record_calls = True
+            a = fleet.node("a", link_a.url + "/vss")
+            b = fleet.node("b", vss_server.url)
+            await a.start()
+            await b.start()
+            await a.init(PASSWORD, mnemonic)
+            await a.unlock(PASSWORD)
+            await _write_wallet(a, old_wallet)
+            await a.expect(200, "POST", "/vssbackup")
+            await b.init(PASSWORD, mnemonic)
+            link_a.hold_bodies_over(PIECE_BYTES)
+            await a.expect(204, "PUT", "/wallet/files/db/big.bin", content=rng.randbytes(3 * MiB))
+            await wait_for(lambda: link_a.held == 1, timeout=30, what="A's upload held at its link")
+            await b.clear_fence(PASSWORD)
+            await b.unlock(PASSWORD)
+            at_takeover = await _wallet_key_versions(vss_server.url, keys)
+            link_a.release_held()
+            big_puts = lambda: [c for c in link_a.calls if c.name == "putObjects" and c.body_bytes > PIECE_BYTES]  # noqa: E731
+            await wait_for(lambda: len(big_puts()) == 1, timeout=30, what="the held upload forwarded")
+            await wait_for(lambda: _state_is(a, "fenced"), timeout=60, what="A fenced")
+            after = await _wallet_key_versions(vss_server.url, keys)
+            restored_by_b = await api_wallet(b)
+            restored = await server_wallet(vss_server.url, keys, tmp_path / "scratch")
+            held_status = big_puts()[0].status
+            report.set(held_upload_bytes=big_puts()[0].body_bytes, held_upload_status=held_status)
+            report.add_proxy(link_a.figures())
+            assert held_status == 409, f"A's upload, held over the takeover, was answered {held_status}"
+            assert after == at_takeover, "the wallet store changed after the takeover"
+            assert restored_by_b == old_wallet and restored == old_wallet
+            await b.lock()
+            assert_same(await server_copy(vss_server.url, keys), local_copy(b.data_dir), "server vs B")
+
+
 class KillRounds:
     """Scenario 11's rounds: node A uploads a new wallet over its previous backup and is
     SIGKILLed at a seeded moment; then what a fresh data dir would restore is checked,
     and A is restarted with its re-upload held at the proxy, so its /vssbackupinfo can
     be read before the next whole upload lands."""
 
-    def __init__(self, tmp_path, report, server_url: str, wallet_bytes: int, *, piece_by_piece: bool) -> None:
+    def __init__(self, tmp_path, report, server_url: str, wallet_bytes: tuple[int, int], *, piece_by_piece: bool) -> None:
         self.tmp_path = tmp_path
         self.report = report
         self.server_url = server_url
-        self.wallet_bytes = wallet_bytes
+        self.wallet_bytes = wallet_bytes  # each round's size is drawn from this range: pieces come and go
+        self.sizes: list[int] = []
         self.piece_by_piece = piece_by_piece
         self.rng = random.Random(report.seed)
         self.mnemonic = generate_mnemonic()
@@ -186,7 +246,9 @@ class KillRounds:
         self.round = 0
 
     def wallet(self, number: int) -> dict[str, bytes]:
-        data = f"wallet round {number}:".encode() + self.rng.randbytes(self.wallet_bytes)
+        size = self.rng.randint(*self.wallet_bytes)
+        self.sizes.append(size)
+        data = f"wallet round {number}:".encode() + self.rng.randbytes(size)
         return {"state.json": b'{"kind": "kill rounds"}', "db/big.bin": data}
 
     async def restored(self) -> dict[str, bytes] | None | RestoreFailed:
@@ -262,7 +324,8 @@ class KillRounds:
         self.report.set(
             rounds=rounds,
             kills=fleet.kills,
-            wallet_bytes=self.wallet_bytes,
+            wallet_bytes_min=min(self.sizes),
+            wallet_bytes_max=max(self.sizes),
             restored_old_after_kill=self.outcomes["old"],
             restored_new_after_kill=self.outcomes["new"],
             not_restorable_after_kill=self.outcomes["not restorable"],
@@ -316,10 +379,11 @@ async def _holding_or_clean(a: NodeProcess, link) -> bool:
 
 
 async def test_sigkill_during_atomic_wallet_uploads(tmp_path, spawn_vss_server, report):
-    """Fault: node A uploads a 3 MiB wallet (one putObjects: under 16 MiB and the
+    """Fault: node A uploads a wallet of 2-4 MiB (one putObjects: under 16 MiB and the
     server's 64 MiB body limit) over its previous backup through 200 ms of latency, and
     is SIGKILLed at a seeded moment within 1.2 times one uninterrupted upload; then
-    restarted. Repeated.
+    restarted. Repeated, each round with a new size (so a backup has more or fewer
+    pieces than the one before).
 
     Expected: after every kill a fresh data dir restores either the old wallet or the
     new one, byte for byte — never a mix, never a failure; the restarted node says
@@ -331,16 +395,17 @@ async def test_sigkill_during_atomic_wallet_uploads(tmp_path, spawn_vss_server, 
     with trio.fail_after(DEADLINE_S):
         async with running_proxy(server.url.removesuffix("/vss"), seed=report.seed) as link, node_fleet(tmp_path) as fleet:
             link.record_calls = True
-            rounds = KillRounds(tmp_path, report, server.url, 3 * MiB, piece_by_piece=False)
+            rounds = KillRounds(tmp_path, report, server.url, (2 * MiB, 4 * MiB), piece_by_piece=False)
             await rounds.run(link, fleet, KILL_ROUNDS, upload_latency_ms=200, deterministic_mix=False)
             puts = [c for c in link.calls if c.name == "putObjects" and c.body_bytes > PIECE_BYTES]
-            assert puts and all(c.body_bytes > 3 * MiB for c in puts), "the wallet did not go in one putObjects"
+            assert puts and all(c.body_bytes > 2 * MiB for c in puts), "the wallet did not go in one putObjects"
 
 
 async def test_sigkill_during_piece_by_piece_wallet_uploads(tmp_path, spawn_vss_server, report):
-    """Fault: as above with a 4 MiB wallet and a server that refuses bodies over 1.5 MiB
-    (413), so every upload goes piece by piece (five 1 MiB pieces, then the manifest,
-    metadata and fingerprint) over the previous chunked backup, 150 ms of latency per
+    """Fault: as above with wallets of 3-5 MiB and a server that refuses bodies over
+    1.5 MiB (413), so every upload goes piece by piece (four to six 1 MiB pieces, then
+    the manifest, metadata and fingerprint, then the deletion of pieces the new
+    manifest no longer names) over the previous chunked backup, 150 ms of latency per
     call. The first kill is placed between two pieces (the upload is held at the proxy
     once two pieces landed); the others at seeded moments.
 
@@ -355,7 +420,7 @@ async def test_sigkill_during_piece_by_piece_wallet_uploads(tmp_path, spawn_vss_
     with trio.fail_after(DEADLINE_S):
         async with running_proxy(server.url.removesuffix("/vss"), seed=report.seed) as link, node_fleet(tmp_path) as fleet:
             link.record_calls = True
-            rounds = KillRounds(tmp_path, report, server.url, 4 * MiB, piece_by_piece=True)
+            rounds = KillRounds(tmp_path, report, server.url, (3 * MiB, 5 * MiB), piece_by_piece=True)
             await rounds.run(link, fleet, KILL_ROUNDS, upload_latency_ms=150, deterministic_mix=True)
             assert rounds.outcomes["not restorable"] >= 1, "no kill left a mix: the deterministic round did not work"
             assert max(c.body_bytes for c in link.calls if c.status == 200) < PIECE_BY_PIECE_LIMIT
