@@ -1,4 +1,5 @@
-"""Scenario 15: a stale node is given the store back after another node wrote it."""
+"""Scenario 15: a stale node is given the store back after another node wrote it —
+refused at unlock, or, unlocked while the server was down, stopped once it answers."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from nodeutil import client_for, wait_for
 from .checker import api_wallet, assert_same, local_copy, local_wallet, server_copy, server_wallet
 from .harness import PASSWORD, stamp
 from .nodeproc import NodeProcess, node_fleet
+from .proxy import running_proxy
 
 pytestmark = [pytest.mark.trio, pytest.mark.faults]
 
@@ -144,3 +146,91 @@ async def test_a_stale_node_given_the_store_back(tmp_path, vss_server, report):
             )
             assert accepted_state == "running", accepted_state
             assert len(b_only) == B_NEW
+
+
+async def test_a_stale_node_unlocked_while_the_server_is_down(tmp_path, vss_server, report):
+    """Fault: as above — A wrote and stopped, B took the store over and wrote, A's fence
+    was cleared — but A is unlocked while its link to the server is down, so unlock
+    cannot see the divergence; A takes local writes (KV and wallet); then the link
+    comes back.
+
+    Expected: A unlocks (running, its writes owed); once the server answers, A finds
+    that another node wrote the store: its state becomes `diverged` (/nodeinfo,
+    /vssbackupinfo `"diverged": true` with the reason in `kv_error`, /metrics
+    `vssnode_diverged 1.0`); local writes still succeed and stay owed; nothing of A
+    lands: the server's copy, and every key version of both stores, stay as B left
+    them (the fence aside); the server's wallet is still B's.
+    """
+    rng = random.Random(report.seed)
+    mnemonic = generate_mnemonic()
+    keys = derive_keys(mnemonic)
+    url = vss_server.url
+    with trio.fail_after(DEADLINE_S):
+        async with running_proxy(url.removesuffix("/vss"), seed=report.seed) as link, node_fleet(tmp_path) as fleet:
+            a = fleet.node("a", link.url + "/vss")
+            await a.start()
+            await a.init(PASSWORD, mnemonic)
+            await a.unlock(PASSWORD)
+            for i in range(A_KEYS):
+                await a.expect(204, "PUT", f"/kv/k{i:02d}", params={"primary": "div"}, content=stamp(f"k{i:02d}", 1, rng.randint(8, 200)))
+            await a.expect(204, "PUT", "/wallet/files/state.json", content=b'{"owner": "A"}')
+            await a.expect(200, "POST", "/vssbackup")
+            await wait_for(lambda: _pending_is(a, 0), timeout=30, what="A's writes replicated")
+            await a.lock()
+            await a.stop()
+
+            b = fleet.node("b", url)
+            await b.start()
+            await b.init(PASSWORD, mnemonic)
+            await b.clear_fence(PASSWORD)
+            await b.unlock(PASSWORD)
+            for i in range(B_NEW):
+                await b.expect(204, "PUT", f"/kv/b{i:02d}", params={"primary": "div"}, content=b"B-only %d" % i)
+            await b.expect(204, "PUT", "/wallet/files/state.json", content=b'{"owner": "B"}')
+            await b.expect(200, "POST", "/vssbackup")
+            await wait_for(lambda: _pending_is(b, 0), timeout=30, what="B's writes replicated")
+            await b.lock()
+            await b.stop()
+            b_server = await server_copy(url, keys)
+            b_wallet = await server_wallet(url, keys, tmp_path / "scratch")
+
+            await a.start()
+            await a.clear_fence(PASSWORD)
+            before = {store: await _key_versions(url, keys, store) for store in (keys.kv_store_id, keys.wallet_store_id)}
+            await link.go_down()
+            await a.unlock(PASSWORD)
+            state_while_down = (await a.nodeinfo())["state"]
+            late = {f"k{i:02d}": b"A late %d" % i for i in range(5)}
+            for name, value in late.items():
+                await a.expect(204, "PUT", f"/kv/{name}", params={"primary": "div"}, content=value)
+            await a.expect(204, "PUT", "/wallet/files/state.json", content=b'{"owner": "A", "late": true}')
+            await link.go_up()
+            await wait_for(lambda: _state_is(a, "diverged"), timeout=60, what="A to find the divergence")
+            info = await a.backup_info()
+            metrics = await a.metrics()
+            after_write = await a.request("PUT", "/kv/k09", params={"primary": "div"}, content=b"A while diverged")
+            pending = await a.pending()
+            await a.lock()
+            await a.stop()
+            after = {store: await _key_versions(url, keys, store) for store in (keys.kv_store_id, keys.wallet_store_id)}
+            before[keys.kv_store_id].pop(FENCE_KEY, None)
+            after[keys.kv_store_id].pop(FENCE_KEY, None)
+            remote = await server_copy(url, keys)
+            report.set(state_while_down=state_while_down, a_late_writes=len(late) + 2, a_pending_at_end=pending,
+                       kv_error=str(info["kv_error"])[:200])
+            report.add_proxy(link.figures())
+            assert state_while_down == "running", state_while_down
+            assert info["diverged"] is True and info["fenced"] is False, info
+            assert info["kv_error"] and "another node wrote it" in info["kv_error"], info
+            assert metrics.get("vssnode_diverged") == 1.0 and metrics.get("vssnode_running") == 0.0, metrics
+            assert after_write.status_code == 204, after_write.text
+            assert pending == len(late) + 1, f"{pending} keys owed, expected the {len(late) + 1} written after the unlock"
+            assert after == before, "A wrote to the server after another node had written it"
+            assert_same(remote, b_server, "the server after the diverged node ran")
+            assert await server_wallet(url, keys, tmp_path / "scratch") == b_wallet, "the server's wallet is no longer B's"
+            local = local_copy(a.data_dir)
+            assert all(local[("div", "", name)] == value for name, value in late.items())
+
+
+async def _state_is(node: NodeProcess, state: str) -> bool:
+    return (await node.nodeinfo())["state"] == state
