@@ -182,7 +182,8 @@ class FaultProxy:
     `blackhole` (read requests, never answer), `paths` (None, or the set of call
     names, the last path segment such as "putObjects", that faults apply to; latency
     applies to all), `record_calls` (keep a `CallRecord` of every forwarded call in
-    `calls`).
+    `calls`), `max_body_bytes` (None, or answer a larger request 413 with a plain-text
+    body, as a reverse proxy with a body limit does, without forwarding it).
     Read `counts` for what it did, `in_flight` for the requests it is handling, `held`
     for the requests `hold_bodies_over` holds back.
     """
@@ -215,6 +216,7 @@ class FaultProxy:
         self.paths: frozenset[str] | None = None
         self.counts: collections.Counter[str] = collections.Counter()
         self.record_calls = False
+        self.max_body_bytes: int | None = None
         self.calls: list[CallRecord] = []
         self.in_flight = 0
         self.held = 0
@@ -241,6 +243,7 @@ class FaultProxy:
         self.latency_ms = self.jitter_ms = self.spike_rate = self.spike_ms = 0.0
         self.refuse_all = self.blackhole = False
         self.paths = None
+        self.max_body_bytes = None
         self.release_held()
 
     async def go_down(self) -> None:
@@ -390,6 +393,11 @@ class FaultProxy:
             await trio.sleep(self.stall_ms / 1000)
             raise AbortConnection()
         body = await read_body(conn, stream)
+        if self.max_body_bytes is not None and len(body) > self.max_body_bytes:
+            self.counts["too_large"] += 1
+            text = f"fault-proxy: request body of {len(body)} bytes is over {self.max_body_bytes}".encode()
+            await respond(conn, stream, 413, text, b"text/plain", last)
+            return
         if self._hold_over is not None and len(body) > self._hold_over:
             self.counts["held"] += 1
             self.held += 1

@@ -14,6 +14,7 @@ from nodeutil import wait_for
 from .checker import assert_same, local_copy, server_copy, server_snapshot
 from .harness import PASSWORD, stamp
 from .nodeproc import NodeProcess, node_fleet
+from .proxy import running_proxy
 
 pytestmark = [pytest.mark.trio, pytest.mark.faults]
 
@@ -27,10 +28,12 @@ SMALL = 20
 PROMPT_S = 10.0
 
 
-async def test_an_oversized_value_among_small_ones(tmp_path, spawn_vss_server, report):
-    """Fault: the server refuses bodies over 256 KiB (413); a node is given 20 small
-    values and, among them, one of 512 KiB (accepted locally: the node's own limit is
-    32 MiB).
+@pytest.mark.parametrize("limit_at", ["server", "proxy"])
+async def test_an_oversized_value_among_small_ones(tmp_path, spawn_vss_server, report, limit_at):
+    """Fault: bodies over 256 KiB are refused with 413 — by the server itself
+    (`--max-body-bytes`, a VSS error body) or by a proxy in front of it (a plain-text
+    body, as a reverse proxy answers); a node is given 20 small values and, among
+    them, one of 512 KiB (accepted locally: the node's own limit is 32 MiB).
 
     Expected: the 20 small values land promptly (within seconds, not held up by the
     refused one); /vssbackupinfo says `rejected_kv_writes` 1, `kv_error` names the
@@ -41,14 +44,16 @@ async def test_an_oversized_value_among_small_ones(tmp_path, spawn_vss_server, r
     rng = random.Random(report.seed)
     mnemonic = generate_mnemonic()
     keys = derive_keys(mnemonic)
-    server = spawn_vss_server("--max-body-bytes", str(BODY_LIMIT))
+    server = spawn_vss_server("--max-body-bytes", str(BODY_LIMIT)) if limit_at == "server" else spawn_vss_server()
     big_at = rng.randrange(SMALL)
     names = [f"small{i:02d}" for i in range(SMALL)]
     names.insert(big_at, "big")
     big_key = kv_keys.to_vss_key("o", "", "big")
     with trio.fail_after(DEADLINE_S):
-        async with node_fleet(tmp_path) as fleet:
-            node = fleet.node("a", server.url)
+        async with running_proxy(server.url.removesuffix("/vss"), seed=report.seed) as proxy, node_fleet(tmp_path) as fleet:
+            if limit_at == "proxy":
+                proxy.max_body_bytes = BODY_LIMIT
+            node = fleet.node("a", proxy.url + "/vss")
             await node.start()
             await node.init(PASSWORD, mnemonic)
             await node.unlock(PASSWORD)
@@ -85,7 +90,9 @@ async def test_an_oversized_value_among_small_ones(tmp_path, spawn_vss_server, r
                 small_landed_after_s=round(landed_s, 2),
                 replacement_landed_after_s=round(replaced_s, 2),
                 refusals_counted=int(refused_metrics.get("vssnode_kv_value_refusals_total", 0)),
+                kv_error=str(refused_info["kv_error"])[:200],
             )
+            report.add_proxy(proxy.figures())
             assert refused_info["rejected_kv_writes"] == 1, refused_info
             assert refused_info["pending_kv_writes"] == 1, refused_info
             assert refused_info["kv_error"] and big_key in refused_info["kv_error"], refused_info

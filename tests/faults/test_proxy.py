@@ -17,7 +17,7 @@ import trio
 
 from node.keys import derive_keys, generate_mnemonic
 from vss.client import RetryPolicy, SignatureAuth, VssClient
-from vss.errors import InternalServerError, NoSuchKeyError, VssError, VssUnavailableError
+from vss.errors import InternalServerError, NoSuchKeyError, RequestTooLargeError, VssError, VssUnavailableError
 from vss.proto.vss_pb2 import KeyValue
 
 from .nodeproc import REPO_ROOT
@@ -162,8 +162,9 @@ async def test_cli_injects_latency_and_reports_counts(vss_server, tmp_path):
 async def test_retarget_hold_and_call_records(vss_server, spawn_vss_server, report):
     """`retarget` moves the proxy to another server while the client keeps its URL;
     `hold_bodies_over` holds large requests (counted in `held` and `in_flight`, not
-    forwarded) while small ones pass, until `release_held`; `record_calls` keeps each
-    forwarded call with its status."""
+    forwarded) while small ones pass, until `release_held`; `max_body_bytes` answers
+    larger requests 413 without forwarding them; `record_calls` keeps each forwarded
+    call with its status."""
     keys = derive_keys(generate_mnemonic())
     other = spawn_vss_server()
     with trio.fail_after(60):
@@ -192,8 +193,12 @@ async def test_retarget_hold_and_call_records(vss_server, spawn_vss_server, repo
                 assert proxy.held == 0 and proxy.in_flight == 0
                 with pytest.raises(NoSuchKeyError):
                     await client.get_object(keys.kv_store_id, "absent")
+                proxy.max_body_bytes = 10_000
+                with pytest.raises(RequestTooLargeError):
+                    await client.put_objects(keys.kv_store_id, [KeyValue(key="too-big", version=-1, value=b"x" * 20_000)])
+                assert not await _committed(other.url, keys, "too-big")
     names = [(call.name, call.status) for call in proxy.calls]
     assert names[:3] == [("putObjects", 200)] * 3 and ("getObject", 404) in names, names
     assert [c.body_bytes > 10_000 for c in proxy.calls if c.name == "putObjects"] == [False, False, False, True], proxy.calls
     assert all(c.answered_at >= c.forwarded_at for c in proxy.calls)
-    assert proxy.counts["retargeted"] == 1 and proxy.counts["held"] == 1
+    assert proxy.counts["retargeted"] == 1 and proxy.counts["held"] == 1 and proxy.counts["too_large"] == 1
