@@ -186,3 +186,55 @@ async def _look_at_fenced(a: NodeProcess, owed: int) -> None:
     for response in (await a.put("k0", b"late", "alone"), await a.request("PUT", "/wallet/files/late.json", content=b"{}")):
         assert response.status_code == 409 and response.json()["name"] == "OwnershipLost", response.text
     assert (await a.get("k1", "alone")).status_code == 200
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "DEFECT: POST /vssverify on a fenced node answers 500 InternalError and logs a traceback "
+        "(anyio.BrokenResourceError from Node.verify: session.audit_inbox.send() into the auditor that "
+        "Session._on_store_event cancelled when the guard reported the fence). Expected: a clean answer — "
+        "a report (verify is a read, and Node.verify admits a fenced node via _readable) or 409 OwnershipLost — "
+        "and no traceback. Replay: .venv/bin/python -m pytest -m faults tests/faults/test_one_writer.py "
+        "-k asked_to_verify (any seed)"
+    ),
+)
+async def test_a_fenced_node_asked_to_verify(tmp_path, vss_server, report):
+    """Fault: node A runs; node B takes the store over; A's next write finds it out and
+    A is fenced. The operator asks A for a verification (POST /vssverify).
+
+    Expected: A answers cleanly — a report, or 409 OwnershipLost — not 500; it logs no
+    traceback; it stays fenced and keeps serving reads.
+    """
+    mnemonic = generate_mnemonic()
+    keys = derive_keys(mnemonic)
+    with trio.fail_after(DEADLINE_S):
+        async with node_fleet(tmp_path) as fleet:
+            a = fleet.node("a", vss_server.url)
+            b = fleet.node("b", vss_server.url)
+            await a.start()
+            await b.start()
+            await a.init(PASSWORD, mnemonic)
+            await a.unlock(PASSWORD)
+            await a.expect(204, "PUT", "/kv/k0", params={"primary": "verify"}, content=b"A0")
+            await wait_for(lambda: _pending_is(a, 0), timeout=30, what="A's write replicated")
+            await b.init(PASSWORD, mnemonic)
+            await b.clear_fence(PASSWORD)
+            await b.unlock(PASSWORD)
+            await wait_for(lambda: _fenced_after_a_write(a), timeout=30, what="A fenced")
+            verify = await a.request("POST", "/vssverify", timeout=60)
+            state = (await a.nodeinfo())["state"]
+            read = await a.get("k0", "verify")
+            log = a.log_path.read_text(errors="replace")
+            await b.lock()
+            assert_same(await server_copy(vss_server.url, keys), local_copy(b.data_dir), "server vs B")
+            report.set(verify_status=verify.status_code, verify_answer=verify.text[:200], tracebacks_in_a_log=log.count("Traceback"))
+    assert state == "fenced" and read.status_code == 200, (state, read.status_code)
+    assert verify.status_code in (200, 409), f"POST /vssverify on a fenced node answered {verify.status_code}: {verify.text}"
+    assert verify.status_code == 200 or verify.json()["name"] == "OwnershipLost", verify.text
+    assert "Traceback" not in log, "the fenced node logged a traceback"
+
+
+async def _fenced_after_a_write(a: NodeProcess) -> bool:
+    await a.put("poke", b"A", "verify")
+    return await _state_is(a, "fenced")
