@@ -55,16 +55,16 @@ async def _pending_is(node: NodeProcess, wanted: int) -> bool:
 async def test_takeover_during_the_old_owners_wallet_upload(tmp_path, spawn_vss_server, report):
     """Fault: node A has a backed-up wallet and then writes an 8 MiB wallet file; its
     upload goes piece by piece (the server refuses bodies over 1.5 MiB) through a link
-    with 400 ms of latency per call. Two pieces in, node B (a fresh data dir, same
-    mnemonic, next to the server) clears the fence and unlocks; then B changes the
-    wallet and backs it up.
+    with 400 ms of latency per call. Two pieces in, A's next piece is held at its link
+    (read, not forwarded) while node B (a fresh data dir, same mnemonic, on a link of
+    its own) clears the fence and unlocks; then A's upload goes on. Later B changes
+    the wallet and backs it up.
 
     Expected: not one more wallet piece of A lands after B's takeover: every
     putObjects of A forwarded after B's acquire of the wallet store was answered (B's
-    second write of its unlock, after the KV store's; B has a link of its own that
-    records it) is refused (409), and the server's wallet keys do not change between
-    B's unlock and A being fenced; B
-    restored A's last whole backup byte for byte; B's backup is what the server then
+    second write of its unlock, after the KV store's, as B's link records it) is
+    refused (409), and the server's wallet keys do not change between B's unlock and
+    A being fenced; B restored A's last whole backup byte for byte; B's backup is what the server then
     holds, and a fresh data dir restores it byte for byte; A ends `fenced` in
     /nodeinfo, answers 409 OwnershipLost to KV and wallet writes, still serves reads;
     the server's KV copy equals B's local one.
@@ -105,6 +105,8 @@ async def test_takeover_during_the_old_owners_wallet_upload(tmp_path, spawn_vss_
                            and c.status == 200)
 
             await wait_for(lambda: pieces_landed() >= 2, timeout=60, what="two pieces of A's upload on the server")
+            link_a.hold_bodies_over(PIECE_BYTES)
+            await wait_for(lambda: link_a.held == 1, timeout=30, what="A's next piece held at its link")
             cleared = (await b.clear_fence(PASSWORD))["cleared"]
             cleared_at = trio.current_time()
             await b.unlock(PASSWORD)
@@ -116,6 +118,7 @@ async def test_takeover_during_the_old_owners_wallet_upload(tmp_path, spawn_vss_
             at_takeover = await _wallet_key_versions(server.url, keys)
             restored_by_b = await api_wallet(b)
             a_pieces_on_server = sorted(k for k in at_takeover if k.startswith("backup/chunk/"))
+            link_a.release_held()
             await wait_for(lambda: _state_is(a, "fenced"), timeout=60, what="A fenced")
             after_fenced = await _wallet_key_versions(server.url, keys)
 
@@ -158,7 +161,7 @@ async def test_takeover_during_the_old_owners_wallet_upload(tmp_path, spawn_vss_
                 clear_fence_cleared=int(cleared),
             )
             report.add_proxy(link_a.figures())
-            assert a_late, "A's upload ended before the takeover: nothing was tested (make the link slower)"
+            assert a_late, "A sent no piece after the takeover"
             assert a_pieces_on_server, "no piece of A's new backup was on the server at the takeover"
             assert [c.status for c in a_late if c.status == 200] == [], f"A's writes landed after the takeover: {a_late}"
             assert after_fenced == at_takeover, "the server's wallet keys changed after the takeover, before B wrote"
@@ -242,7 +245,10 @@ class KillRounds:
         self.keys = derive_keys(self.mnemonic)
         self.outcomes: dict[str, int] = {"old": 0, "new": 0, "not restorable": 0}
         self.kill_delays: list[float] = []
+        # Reads of "backup_restorable": false after a kill that left no whole backup, before
+        # the node said true again (the read while held, and polls during the re-upload).
         self.restorable_false_reads = 0
+        self._seen_whole = False
         self.round = 0
 
     def wallet(self, number: int) -> dict[str, bytes]:
@@ -305,7 +311,7 @@ class KillRounds:
             elif not self.piece_by_piece:
                 assert info["backup_restorable"] is True, f"round {number}: an atomic upload left {info}"
             link.release_held()
-            await self._landed(a, must_be_unrestorable=outcome == "not restorable")
+            await self._landed(a, after_a_mix=new if outcome == "not restorable" else None)
             assert await self.restored() == new, f"round {number}: after the re-upload landed, a restore is not the new wallet"
             current = new
 
@@ -358,18 +364,26 @@ class KillRounds:
         link.release_held()
         self.kill_delays.append(trio.current_time() - written)
 
-    async def _landed(self, a: NodeProcess, *, must_be_unrestorable: bool = False) -> None:
-        """Wait for the wallet upload to land (the marker cleared); while it has not,
-        a node that knows the server holds no whole backup must keep saying so."""
+    async def _landed(self, a: NodeProcess, *, after_a_mix: dict[str, bytes] | None = None) -> None:
+        """Wait for the wallet upload to land (the marker cleared). After a kill that
+        left the server without a whole backup (`after_a_mix`: the wallet being
+        re-uploaded), the node may say `backup_restorable: true` only once the new
+        upload's documents are on the server: every poll that says so is checked with
+        a restore, which must give that wallet (the server's state only moves forward)."""
 
         async def done() -> bool:
             info = await a.backup_info()
+            if after_a_mix is not None and info["backup_restorable"] is True and not self._seen_whole:
+                found = await self.restored()
+                assert found == after_a_mix, f"round {self.round}: said restorable while the server held {found!r}: {info}"
+                self._seen_whole = True
             if info["backup_required"]:
-                if must_be_unrestorable:
-                    assert info["backup_restorable"] is False, f"round {self.round}: said restorable too early: {info}"
+                if after_a_mix is not None and not self._seen_whole:
+                    self.restorable_false_reads += info["backup_restorable"] is False
                 return False
             return info["backup_restorable"] is True
 
+        self._seen_whole = False
         await wait_for(done, timeout=90, what="the wallet upload to land")
 
 
@@ -413,8 +427,9 @@ async def test_sigkill_during_piece_by_piece_wallet_uploads(tmp_path, spawn_vss_
     byte for byte, or — the upload had overwritten some pieces of the previous backup
     — nothing restores; then, and until the next whole upload lands, the restarted
     node's /vssbackupinfo says `"backup_restorable": false` (read while its re-upload
-    is held at the proxy, and on every poll until it lands); once it lands a restore
-    gives the new wallet.
+    is held at the proxy; polled while it runs, and the first poll that says `true`
+    is checked at once with a restore, which must give the new wallet); once it lands
+    a restore gives the new wallet.
     """
     server = spawn_vss_server("--max-body-bytes", str(PIECE_BY_PIECE_LIMIT))
     with trio.fail_after(DEADLINE_S):
