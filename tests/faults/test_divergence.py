@@ -66,7 +66,8 @@ async def test_a_stale_node_given_the_store_back(tmp_path, vss_server, report):
             await a.init(PASSWORD, mnemonic)
             await a.unlock(PASSWORD)
             for name in a_names:
-                await a.expect(204, "PUT", f"/kv/{name}", params={"primary": "div"}, content=stamp("A:" + name, 1, rng.randint(8, 200)))
+                value = stamp("A:" + name, 1, rng.randint(8, 200))
+                await a.expect(204, "PUT", f"/kv/{name}", params={"primary": "div"}, content=value)
             a_wallet = {"state.json": b'{"owner": "A"}', "db/a.bin": rng.randbytes(100_000)}
             for path, data in a_wallet.items():
                 await a.expect(204, "PUT", f"/wallet/files/{path}", content=data)
@@ -172,7 +173,8 @@ async def test_a_stale_node_unlocked_while_the_server_is_down(tmp_path, vss_serv
             await a.init(PASSWORD, mnemonic)
             await a.unlock(PASSWORD)
             for i in range(A_KEYS):
-                await a.expect(204, "PUT", f"/kv/k{i:02d}", params={"primary": "div"}, content=stamp(f"k{i:02d}", 1, rng.randint(8, 200)))
+                value = stamp(f"k{i:02d}", 1, rng.randint(8, 200))
+                await a.expect(204, "PUT", f"/kv/k{i:02d}", params={"primary": "div"}, content=value)
             await a.expect(204, "PUT", "/wallet/files/state.json", content=b'{"owner": "A"}')
             await a.expect(200, "POST", "/vssbackup")
             await wait_for(lambda: _pending_is(a, 0), timeout=30, what="A's writes replicated")

@@ -62,15 +62,18 @@ async def test_a_second_process_on_a_data_dir_in_use(tmp_path, vss_server, repor
             await first.init(PASSWORD, mnemonic)
             await first.unlock(PASSWORD)
             for i in range(20):
-                await first.expect(204, "PUT", f"/kv/k{i}", params={"primary": "two"}, content=stamp(f"k{i}", 1, rng.randint(8, 300)))
+                value = stamp(f"k{i}", 1, rng.randint(8, 300))
+                await first.expect(204, "PUT", f"/kv/k{i}", params={"primary": "two"}, content=value)
             port = free_loopback_port()
-            command = [*vssnode_command(), "run", str(first.data_dir), "--listen", f"127.0.0.1:{port}", "--vss-url", vss_server.url]
+            listen = f"127.0.0.1:{port}"
+            command = [*vssnode_command(), "run", str(first.data_dir), "--listen", listen, "--vss-url", vss_server.url]
             started = trio.current_time()
             second = await trio.run_process(command, cwd=REPO_ROOT, capture_stdout=True, capture_stderr=True, check=False)
             took_s = trio.current_time() - started
             stderr = second.stderr.decode(errors="replace").strip().splitlines()
             for i in range(20, 40):
-                await first.expect(204, "PUT", f"/kv/k{i}", params={"primary": "two"}, content=stamp(f"k{i}", 1, rng.randint(8, 300)))
+                value = stamp(f"k{i}", 1, rng.randint(8, 300))
+                await first.expect(204, "PUT", f"/kv/k{i}", params={"primary": "two"}, content=value)
             await first.expect(204, "PUT", "/kv/k0", params={"primary": "two"}, content=stamp("k0", 2, 50))
             await wait_for(lambda: _pending_is(first, 0), timeout=30, what="the first node's writes replicated")
             state = (await first.nodeinfo())["state"]
@@ -118,7 +121,8 @@ async def test_a_fenced_node_left_alone(tmp_path, vss_server, report):
             await a.init(PASSWORD, mnemonic)
             await a.unlock(PASSWORD)
             for i in range(30):
-                await a.expect(204, "PUT", f"/kv/k{i}", params={"primary": "alone"}, content=stamp(f"k{i}", 1, rng.randint(8, 300)))
+                value = stamp(f"k{i}", 1, rng.randint(8, 300))
+                await a.expect(204, "PUT", f"/kv/k{i}", params={"primary": "alone"}, content=value)
             await a.expect(204, "PUT", "/wallet/files/state.json", content=b'{"owner": "A"}')
             await a.expect(200, "POST", "/vssbackup")
             await wait_for(lambda: _pending_is(a, 0), timeout=30, what="A's first writes replicated")
@@ -126,7 +130,8 @@ async def test_a_fenced_node_left_alone(tmp_path, vss_server, report):
             link.paths = frozenset({"putObjects"})
             link.rates = FaultRates(error_500=1.0)
             for i in range(30, 50):
-                await a.expect(204, "PUT", f"/kv/k{i}", params={"primary": "alone"}, content=stamp(f"k{i}", 1, rng.randint(8, 300)))
+                value = stamp(f"k{i}", 1, rng.randint(8, 300))
+                await a.expect(204, "PUT", f"/kv/k{i}", params={"primary": "alone"}, content=value)
             await wait_for(lambda: _failed(a), timeout=30, what="A's writes failing")
             owed = await a.pending()
 
@@ -228,7 +233,8 @@ async def test_a_fenced_node_asked_to_verify(tmp_path, vss_server, report):
             log = a.log_path.read_text(errors="replace")
             await b.lock()
             assert_same(await server_copy(vss_server.url, keys), local_copy(b.data_dir), "server vs B")
-            report.set(verify_status=verify.status_code, verify_answer=verify.text[:200], tracebacks_in_a_log=log.count("Traceback"))
+            report.set(verify_status=verify.status_code, verify_answer=verify.text[:200],
+                       tracebacks_in_a_log=log.count("Traceback"))
     assert state == "fenced" and read.status_code == 200, (state, read.status_code)
     assert verify.status_code in (200, 409), f"POST /vssverify on a fenced node answered {verify.status_code}: {verify.text}"
     assert verify.status_code == 200 or verify.json()["name"] == "OwnershipLost", verify.text

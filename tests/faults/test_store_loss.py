@@ -60,7 +60,8 @@ def _wipe(server, db_path: Path, spawn_vss_server):
 async def _fill(node: NodeProcess, rng: random.Random, count: int) -> dict[str, bytes]:
     """`count` keys and a wallet of two files, all on the server before it returns."""
     for i in range(count):
-        await node.expect(204, "PUT", f"/kv/k{i:05d}", params={"primary": "loss"}, content=stamp(f"k{i:05d}", 1, rng.randint(8, 400)))
+        value = stamp(f"k{i:05d}", 1, rng.randint(8, 400))
+        await node.expect(204, "PUT", f"/kv/k{i:05d}", params={"primary": "loss"}, content=value)
     wallet = {"state.json": b'{"height": 9}', "db/data.bin": rng.randbytes(600_000)}
     for path, data in wallet.items():
         await node.expect(204, "PUT", f"/wallet/files/{path}", content=data)
@@ -288,7 +289,8 @@ async def test_vss_enabled_while_the_server_is_down(tmp_path, vss_server, report
             await node.init(PASSWORD, mnemonic)
             await node.unlock(PASSWORD)
             for i in range(count):
-                await node.expect(204, "PUT", f"/kv/k{i}", params={"primary": "late"}, content=stamp(f"k{i}", 1, rng.randint(8, 300)))
+                value = stamp(f"k{i}", 1, rng.randint(8, 300))
+                await node.expect(204, "PUT", f"/kv/k{i}", params={"primary": "late"}, content=value)
             wallet = {"state.json": b'{"height": 3}', "db/data.bin": rng.randbytes(200_000)}
             await node.expect(204, "PUT", "/wallet/files/state.json", content=wallet["state.json"])
             await node.expect(204, "PUT", "/wallet/files/db/data.bin", content=wallet["db/data.bin"])
