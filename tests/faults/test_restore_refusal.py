@@ -78,6 +78,9 @@ async def test_restore_refuses_bad_kv_values(tmp_path, vss_server, report):
     keys = derive_keys(mnemonic)
     items = {("refuse", "", f"k{i:04d}"): stamp(f"k{i:04d}", 1, rng.randint(8, 600)) for i in range(200)}
     bad_triple = ("refuse", "", "k0100")
+    # Longer than one 239-byte segment, so that "truncated to whole segments" cuts something
+    # off: a shorter value is a single final segment, which that truncation leaves whole.
+    items[bad_triple] = stamp("k0100", 1, rng.randint(2 * 239 + 1, 1200))
     bad_key = kv_keys.to_vss_key(*bad_triple)
     refusals = 0
     with trio.fail_after(DEADLINE_S):
