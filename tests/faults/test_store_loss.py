@@ -14,11 +14,13 @@ import pytest
 import trio
 from conftest import stop_vss_server
 
+from actors.ownership_guard import FENCE_KEY
+from node import kv_keys
 from node.keys import NodeKeys, derive_keys, generate_mnemonic
 from node.store import Triple
-from nodeutil import wait_for
+from nodeutil import client_for, wait_for
 
-from .checker import api_copy, api_wallet, assert_same, describe_diff, local_copy, local_wallet, server_copy, server_wallet
+from .checker import api_copy, api_wallet, assert_same, local_copy, local_wallet, server_copy, server_wallet
 from .harness import PASSWORD, scaled, stamp
 from .nodeproc import NodeProcess, node_fleet
 from .proxy import running_proxy
@@ -70,13 +72,16 @@ async def _fill(node: NodeProcess, rng: random.Random, count: int) -> dict[str, 
     return wallet
 
 
-async def _caught_up(node: NodeProcess, server_url: str, keys: NodeKeys, local: dict[Triple, bytes]) -> bool:
-    """Nothing owed, the wallet backup whole on the server, and the server's KV copy
-    equal to `local` (the node's, read over its API; nothing is written meanwhile)."""
+async def _refilled(node: NodeProcess, server_url: str, keys: NodeKeys, local: dict[Triple, bytes]) -> bool:
+    """Nothing owed, the wallet backup whole on the server, and the server listing the
+    same KV keys as `local` (the node's, read over its API; nothing is written
+    meanwhile). Cheap enough to poll: one listing. The values are compared after."""
     info = await node.backup_info()
     if info["pending_kv_writes"] != 0 or info["backup_required"] or info["backup_restorable"] is not True:
         return False
-    return describe_diff(await server_copy(server_url, keys), local) is None
+    async with client_for(server_url, keys) as client:
+        listed = [item.key async for item in client.iter_key_versions(keys.kv_store_id) if item.key != FENCE_KEY]
+    return sorted(listed) == sorted(kv_keys.to_vss_key(*triple) for triple in local)
 
 
 async def _pending_is(node: NodeProcess, wanted: int) -> bool:
@@ -118,8 +123,9 @@ async def test_server_wiped_while_the_node_runs(tmp_path, spawn_vss_server, repo
                 wiped = trio.current_time()
                 assert await server_copy(server.url, keys) == {}, "the new server is not empty"
                 local = await api_copy(node, [("loss", "")])
-                await wait_for(lambda: _caught_up(node, server.url, keys, local), timeout=CATCH_UP_S, what="the store refilled")
+                await wait_for(lambda: _refilled(node, server.url, keys, local), timeout=CATCH_UP_S, what="the store refilled")
                 refilled_s = trio.current_time() - wiped
+                assert_same(await server_copy(server.url, keys), local, "the refilled store vs the node's API")
                 metrics = await node.metrics()
                 verify = (await node.expect(200, "POST", "/vssverify", timeout=120)).json()
                 watch.stop.set()
@@ -179,8 +185,9 @@ async def test_server_wiped_while_the_node_is_stopped(tmp_path, spawn_vss_server
             await node.unlock(PASSWORD)
             state_after_unlock = (await node.nodeinfo())["state"]
             local = await api_copy(node, [("loss", "")])
-            await wait_for(lambda: _caught_up(node, server.url, keys, local), timeout=CATCH_UP_S, what="the store refilled")
+            await wait_for(lambda: _refilled(node, server.url, keys, local), timeout=CATCH_UP_S, what="the store refilled")
             refilled_s = trio.current_time() - started
+            assert_same(await server_copy(server.url, keys), local, "the refilled store vs the node's API")
             state_at_end = (await node.nodeinfo())["state"]
             assert await api_wallet(node) == wallet
             await node.lock()
