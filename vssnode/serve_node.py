@@ -54,7 +54,7 @@ async def _serve(config: NodeConfig) -> None:
               flush=True)
 
     try:
-        await serve_until_signalled(app, hyper, on_bound=announce)
+        await serve_until_signalled(app, hyper, on_bound=announce)  # type: ignore[arg-type]
     except Exception:
         failed = app.extensions["vssnode"].get("failed")
         if failed is not None:  # hypercorn reports a failed startup without its cause
