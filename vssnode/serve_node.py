@@ -48,6 +48,7 @@ async def _serve(config: NodeConfig) -> None:
     hyper = Config()
     hyper.bind = [config.listen]
     hyper.accesslog = None
+    hyper.errorlog = logging.getLogger("hypercorn.error")  # through our handler, once
 
     def announce(urls: list[str]) -> None:
         print(f"vssnode: node API on {', '.join(urls)} (data dir {config.data_dir}, VSS {config.vss_url or 'off'})",
