@@ -4,12 +4,16 @@ and the exit codes each promises (0 done, 1 a run-time failure or a difference f
 
 from __future__ import annotations
 
+import time
+
+import anyio
 import httpx
 
+from conftest import free_loopback_port
 from node import crypto
 from node.keys import derive_keys, generate_mnemonic
 from noderun import running_node, vssnode
-from nodeutil import client_for
+from nodeutil import client_for, remote_kv
 from vss.proto.vss_pb2 import KeyValue
 
 
@@ -19,8 +23,6 @@ def _unlock(url: str, mnemonic: str) -> None:
 
 
 def _settle(url: str) -> None:
-    import time
-
     deadline = time.monotonic() + 30
     while httpx.get(f"{url}/vssbackupinfo").json()["pending_kv_writes"]:
         assert time.monotonic() < deadline, "replication did not settle"
@@ -50,8 +52,6 @@ def test_status_and_verify_against_a_running_node(tmp_path, vss_server):
         verify = vssnode("verify", "--node", node.url)
         assert verify.returncode == 0, verify.stdout + verify.stderr
         assert "0 missing on the server" in verify.stdout and "0 different" in verify.stdout
-
-        import anyio
 
         async def tamper() -> None:
             async with client_for(vss_server.url, keys) as client:
@@ -92,3 +92,42 @@ def test_clear_fence_offline(tmp_path, vss_server):
     assert bad.returncode == 2 and "plain http" in bad.stderr
     words.write_text("not a mnemonic at all")
     assert vssnode(*args).returncode == 2
+
+
+def test_a_remote_durability_write_through_the_process_while_the_server_is_down(tmp_path, spawn_vss_server):
+    """Fault: the VSS server is down. Expected: PUT ?durability=remote answers 504
+    ReplicationTimeout after --remote-write-timeout, the value is committed locally and
+    owed; once a server answers at that URL it lands and the next remote write returns
+    204 at once. An unknown durability is 400, and with VSS off remote is 400."""
+    port = free_loopback_port()
+    url = f"http://127.0.0.1:{port}/vss"
+    mnemonic = generate_mnemonic()
+    keys = derive_keys(mnemonic)
+    with running_node(tmp_path / "n", "--vss-url", url, "--remote-write-timeout", "1") as node:
+        assert httpx.post(f"{node.url}/init", json={"password": "pw", "mnemonic": mnemonic}).status_code == 200
+        assert httpx.post(f"{node.url}/unlock", json={"password": "pw"}, timeout=60).status_code == 502  # restore needs it
+        server = spawn_vss_server("--auth", "sigs", port=port)
+        assert httpx.post(f"{node.url}/unlock", json={"password": "pw"}, timeout=60).status_code == 200
+        server.process.terminate()
+        server.process.wait(timeout=30)
+        late = httpx.put(f"{node.url}/kv/late?primary=ns&durability=remote", content=b"owed", timeout=30)
+        assert late.status_code == 504 and late.json()["name"] == "ReplicationTimeout"
+        assert httpx.get(f"{node.url}/kv/late?primary=ns").content == b"owed"
+        assert httpx.get(f"{node.url}/vssbackupinfo").json()["pending_kv_writes"] == 1
+        spawn_vss_server("--auth", "sigs", port=port, db=f"sqlite:///{tmp_path / 'server-0' / 'vss.sqlite3'}")
+        _settle(node.url)
+        now = httpx.put(f"{node.url}/kv/now?primary=ns&durability=remote", content=b"at once", timeout=30)
+        assert now.status_code == 204
+        bad = httpx.put(f"{node.url}/kv/x?primary=ns&durability=soon", content=b"x")
+        assert bad.status_code == 400 and httpx.get(f"{node.url}/kv/x?primary=ns").status_code == 404
+
+        async def server_copy() -> dict:
+            async with client_for(url, keys) as client:
+                return await remote_kv(client, keys)
+
+        assert anyio.run(server_copy) == {("ns", "", "late"): b"owed", ("ns", "", "now"): b"at once"}
+    with running_node(tmp_path / "off") as plain:
+        assert httpx.post(f"{plain.url}/init", json={"password": "pw", "mnemonic": mnemonic}).status_code == 200
+        assert httpx.post(f"{plain.url}/unlock", json={"password": "pw"}, timeout=60).status_code == 200
+        off = httpx.put(f"{plain.url}/kv/k?durability=remote", content=b"v")
+        assert off.status_code == 400 and off.json()["name"] == "VssNotEnabled"
