@@ -18,10 +18,11 @@ import anyio
 import pytest
 
 from actors import Node, NodeState
-from actors.ownership_guard import FENCE_KEY
+from actors.ownership_guard import FENCE_KEY, clear_fence
 from fakevss import FakePort, FakeVssServer
 from node import crypto, errors, kv_keys
 from node.config import NodeConfig
+from node.data_dir import DataDirInUse
 from node.keys import NodeKeys, derive_keys, generate_mnemonic
 from node.mnemonic_vault import FAST_LIMITS
 from node.store import Triple
@@ -208,11 +209,8 @@ async def test_a_divergence_found_after_an_unreachable_unlock_stops_replication_
         for i in range(3):
             await b.put("ns", "", f"b{i}", b"B")
             await wait_for(lambda: settled(b), what="B's write on the server")
-        await b.clear_fence(PASSWORD) if b.state is NodeState.LOCKED else None
     port = FakePort(server)
     async with node_on(server, tmp_path / "a", port=port) as a:
-        from actors.ownership_guard import clear_fence
-
         await clear_fence(port, keys.kv_store_id)
         port.down = True
         await a.unlock(PASSWORD)  # the server is down: the check waits for the first write
@@ -305,7 +303,7 @@ async def test_verify_and_the_auditor_find_what_the_server_got_wrong(tmp_path):
         assert (clean.missing_on_server, clean.extra_on_server, clean.mismatched, clean.wallet_restorable) == (0, 0, 0, True)
         other = crypto.encrypt_value(keys.signing_key, b"not what the node wrote")
         server.apply_put(store, [KeyValue(key="ns/_/k1", version=-1, value=other)], [], None)
-        server.apply_put(store, [KeyValue(key="ns/_/foreign", version=-1, value=other)], [],  None)
+        server.apply_put(store, [KeyValue(key="ns/_/foreign", version=-1, value=other)], [], None)
         server.apply_put(store, [], [KeyValue(key="ns/_/k2", version=-1)], None)
         report = await node.verify()
         assert (report.missing_on_server, report.extra_on_server, report.mismatched) == (1, 1, 1)
@@ -337,12 +335,7 @@ async def _verified(node: Node) -> bool:
 async def test_one_process_per_data_dir(tmp_path):
     server = FakeVssServer()
     async with node_on(server, tmp_path / "a"):
-        with pytest.raises(errors_config_in_use()):
+        with pytest.raises(DataDirInUse):
             Node(NodeConfig(data_dir=tmp_path / "a", vault_limits=FAST_LIMITS))
-    Node(NodeConfig(data_dir=tmp_path / "a", vault_limits=FAST_LIMITS))._close_files()  # released on close
-
-
-def errors_config_in_use() -> type[Exception]:
-    from node.data_dir import DataDirInUse
-
-    return DataDirInUse
+    async with node_on(server, tmp_path / "a"):  # released when the first one closed
+        pass
