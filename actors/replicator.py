@@ -54,6 +54,7 @@ from actors.metrics import NodeMetrics
 from actors.ownership_guard import FenceLost, StoreDivergedError
 from node import crypto, errors, kv_keys
 from node.store import LocalStore, Owed, Triple
+from node.wording import counted
 from vss.errors import InvalidRequestError, RequestTooLargeError, VssError
 from vss.proto.vss_pb2 import KeyValue
 
@@ -260,7 +261,7 @@ class Replicator:
         self._healthy = False
         self._metrics.replication_failures.inc()
         self.status = replace(self.status, failures=self.status.failures + 1, last_error=describe(exc))
-        log.debug("VSS write of %d keys failed (%s)", len(unsent), describe(exc))
+        log.debug("VSS write of %s failed (%s)", counted(len(unsent), "key"), describe(exc))
         rest = unsent + list(self._pending)
         self._pending.clear()
         await self._retry_queue.send(Deferred(rest, failed=True, error=describe(exc)))
