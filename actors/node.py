@@ -55,6 +55,8 @@ PortFactory = Callable[[NodeKeys], VssPort]
 
 
 class NodeState(enum.StrEnum):
+    """Where the node is in its lifecycle; the value is what `/nodeinfo` says."""
+
     UNINITIALIZED = "uninitialized"
     LOCKED = "locked"
     UNLOCKING = "unlocking"
@@ -144,6 +146,8 @@ class Node:
 
     @property
     def state(self) -> NodeState:
+        """The node's lifecycle state (changes only through init, unlock, lock, and the
+        stores' reports)."""
         return self._state
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -207,9 +211,10 @@ class Node:
             log.info("node unlocked")
 
     async def lock(self) -> None:
-        """Stop replication and the actors; commits already taken are flushed first.
+        """Stop replication and the actors; writes already taken are committed first.
 
-        Raises NodeNotLocked-style errors only when there is nothing to lock."""
+        Works from running, fenced and diverged. Raises NotInitialized or NodeLocked when
+        there is nothing to lock."""
         async with self._lifecycle:
             if self._session is None:
                 self._require(NodeState.RUNNING)
