@@ -462,12 +462,17 @@ class Node:
         and check that the wallet backup restores. Raises VssNotEnabled, NodeLocked,
         VerifyInProgress (one at a time), VssUnavailable."""
         self._require_vss()
-        session = self._readable()
+        session = self._writable()
+        if self._state is not NodeState.RUNNING:
+            raise errors.StoreDiverged("replication is stopped (another node wrote the store): lock the node and decide")
         if self._verifying.locked() or session.audit_inbox is None:
             raise errors.VerifyInProgress("a verification is already running; wait for it to finish")
         async with self._verifying:
             request = AuditNow(full=True, reply=Reply())
-            await session.audit_inbox.send(request)
+            try:
+                await session.audit_inbox.send(request)
+            except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+                raise errors.NodeLocked("the node was locked before the verification ran") from None
             try:
                 report = await request.reply.wait()
             except VssError as exc:
