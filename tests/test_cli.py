@@ -4,6 +4,7 @@ and the exit codes each promises (0 done, 1 a run-time failure or a difference f
 
 from __future__ import annotations
 
+import socket
 import time
 
 import anyio
@@ -131,3 +132,20 @@ def test_a_remote_durability_write_through_the_process_while_the_server_is_down(
         assert httpx.post(f"{plain.url}/unlock", json={"password": "pw"}, timeout=60).status_code == 200
         off = httpx.put(f"{plain.url}/kv/k?durability=remote", content=b"v")
         assert off.status_code == 400 and off.json()["name"] == "VssNotEnabled"
+
+
+def test_run_time_and_configuration_failures_of_vssnode_run(tmp_path):
+    """A taken port is a run-time failure (1); a data dir of another network is
+    configuration (2). Either way one line, no traceback."""
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        taken = vssnode("run", str(tmp_path / "a"), "--listen", f"127.0.0.1:{port}")
+    assert taken.returncode == 1, taken.stderr
+    assert len(taken.stderr.strip().splitlines()) == 1 and "Traceback" not in taken.stderr
+    with running_node(tmp_path / "b", "--network", "signet") as node:
+        assert httpx.post(f"{node.url}/init", json={"password": "pw", "mnemonic": generate_mnemonic()}).status_code == 200
+    other = vssnode("run", str(tmp_path / "b"), "--network", "mainnet", "--listen", f"127.0.0.1:{free_loopback_port()}")
+    assert other.returncode == 2 and "initialised for signet" in other.stderr
+    assert len(other.stderr.strip().splitlines()) == 1
