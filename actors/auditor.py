@@ -31,7 +31,6 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from actors.messages import CheckRemote, OweKeys, Reply, WalletMessage, WriterMessage
 from actors.ownership_guard import FENCE_KEY
-from actors.replicator import describe
 from actors.tasks import first_cause
 from actors.vss_port import VssPort
 from actors.wallet_restorer import restore_wallet
@@ -41,7 +40,7 @@ from node.keys import NodeKeys
 from node.store import LocalStore, Triple
 from node.wallet_files import WalletHome
 from node.wording import counted
-from vss.errors import NoSuchKeyError, VssError
+from vss.errors import NoSuchKeyError, VssError, one_line
 
 log = logging.getLogger(__name__)
 
@@ -132,8 +131,8 @@ class Auditor:
                 if request is not None:
                     request.reply.set(report)
             except (VssError, errors.NodeError) as exc:
-                self.status = replace(self.status, last_error=describe(exc))
-                log.warning("comparing the VSS store with the local one failed: %s", describe(exc))
+                self.status = replace(self.status, last_error=one_line(exc))
+                log.warning("comparing the VSS store with the local one failed: %s", one_line(exc))
                 if request is not None:
                     request.reply.fail(exc)
                 if next_pass is not None:

@@ -33,7 +33,6 @@ from actors.auditor import AuditNow, AuditReport
 from actors.messages import BackupNow, Reply, SendNow, WalletChange, WriteRequest
 from actors.metrics import NodeMetrics
 from actors.ownership_guard import FenceLost, clear_fence
-from actors.replicator import describe
 from actors.restorer import RestoreStatus
 from actors.session import Session, SessionStatus
 from actors.vss_port import VssPort
@@ -46,7 +45,7 @@ from node.mnemonic_vault import open_mnemonic, seal_mnemonic
 from node.store import LocalChange, LocalStore, Triple
 from node.wallet_files import BACKUP_REQUIRED, REMOTE_INCOMPLETE, REMOTE_UNREADABLE, WalletHome
 from vss.client import VssClient, headers_auth
-from vss.errors import VssError
+from vss.errors import VssError, one_line
 
 log = logging.getLogger(__name__)
 
@@ -205,7 +204,7 @@ class Node:
                 self._session = await self._tg.start(self._run_session, keys)
             except BaseException as exc:
                 self._state = NodeState.LOCKED
-                log.warning("unlock failed: %s", describe(exc))
+                log.warning("unlock failed: %s", one_line(exc))
                 raise
             self._state = NodeState.RUNNING
             log.info("node unlocked")
@@ -306,7 +305,7 @@ class Node:
             if not running:
                 raise  # unlock fails and says why
             # An actor failed: stop the session rather than the whole process.
-            log.error("the node's actors failed (%s); the node is now locked, unlock to retry", describe(exc),
+            log.error("the node's actors failed (%s); the node is now locked, unlock to retry", one_line(exc),
                       exc_info=exc)
             self._state, self._session = NodeState.LOCKED, None
         finally:
@@ -320,7 +319,7 @@ class Node:
 
     def _streams_stopped(self, reason: BaseException) -> None:
         """The guard's one report: fenced (another owner) or diverged (another writer)."""
-        self._stopped_reason = describe(reason)
+        self._stopped_reason = one_line(reason)
         if self._state is not NodeState.RUNNING:
             return
         if isinstance(reason, FenceLost):
