@@ -92,6 +92,8 @@ class WalletUploader:
         items = [_item(backup.chunk_key(i), piece, versions) for i, piece in enumerate(pieces)]
         items += [_item(key, value, versions) for key, value in backup.documents().items()]
         await self._put(items, stale)
+        # A whole backup is there again, whatever an interrupted upload left before.
+        await anyio.to_thread.run_sync(self._home.set_flag, REMOTE_INCOMPLETE, False)
         return versions.get(MANIFEST_KEY, 0) + 1
 
     async def _piece_by_piece(self, backup: WalletBackup, versions: dict[str, int], stale: list[KeyValue]) -> int:
