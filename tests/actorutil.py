@@ -9,7 +9,9 @@ is still on the disk. `thread_aware_clock(monkeypatch)` wraps `anyio.to_thread.r
 so the clock never jumps while a worker thread runs (the threshold is infinite then,
 and 0 again once the last thread is back). Virtual time then passes only when the
 actors are idle, exactly from one deadline to the next: backoffs and sweeps can be
-asserted to the millisecond, and a test's own `fail_after` cannot fire early.
+asserted to the millisecond, and a test's own `fail_after` cannot fire early. A
+watchdog turns an actor that loops without ever blocking (virtual time stands still)
+into a timeout after WATCHDOG_S of real time, rather than a hung suite.
 
 Stand-ins. `StubGuard` serves FencedPuts straight onto a FakePort (no fence key, no
 tokens: the ownership-guard has its own tests) and can be told the fence was lost.
@@ -19,14 +21,19 @@ tokens: the ownership-guard has its own tests) and can be told the fence was los
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Callable
+import sys
+import threading
+import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import anyio
 import pytest
+import trio
 from anyio.abc import TaskGroup
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from fakevss import FakePort, FakeVssServer
@@ -58,10 +65,40 @@ from node.store import LocalChange, LocalStore, Triple
 from node.wallet_files import WalletHome
 from vss.proto.vss_pb2 import KeyValue
 
+WATCHDOG_S = 30.0  # real seconds: far more than any of these tests takes
+
 
 def thread_aware_clock(monkeypatch: pytest.MonkeyPatch) -> MockClock:
-    """A MockClock that autojumps only while no worker thread runs (see the module doc)."""
+    """A MockClock with autojump_threshold=0 that never jumps while a worker thread runs
+    (see the module docstring; it wraps `anyio.to_thread.run_sync` for the test).
+
+    With a watchdog for an actor that loops without ever blocking: such a loop stops
+    virtual time, so no `fail_after` could fire and the test would hang. After
+    WATCHDOG_S of real time the watchdog makes virtual time run a billion times faster
+    than real time, so every pending deadline expires and the test fails with a timeout.
+    """
     clock = MockClock(autojump_threshold=0)
+    start_clock = clock.start_clock
+
+    def start_with_watchdog() -> None:  # MockClock is final: hooked on the instance
+        start_clock()
+        token = trio.lowlevel.current_trio_token()
+        started = time.monotonic()
+
+        def fly() -> None:
+            print(f"watchdog: the test still runs after {time.monotonic() - started:.0f} s of real time; "
+                  "letting virtual time fly so its deadlines expire", file=sys.stderr)
+            clock.rate = 1e9
+
+        def wake() -> None:
+            with contextlib.suppress(trio.RunFinishedError):
+                token.run_sync_soon(fly)
+
+        timer = threading.Timer(WATCHDOG_S, wake)
+        timer.daemon = True
+        timer.start()
+
+    clock.start_clock = start_with_watchdog  # type: ignore[method-assign]
     original = anyio.to_thread.run_sync
     busy = 0
 
@@ -81,14 +118,27 @@ def thread_aware_clock(monkeypatch: pytest.MonkeyPatch) -> MockClock:
 
 
 async def eventually(predicate: Callable[[], bool], what: str = "condition", *, step: float = 0.001,
-                     timeout: float = 600.0) -> None:
-    """Wait until `predicate()` holds, checking every `step` virtual seconds; fail after
-    `timeout` virtual seconds. Costs no real time with the clock above."""
+                     max_step: float = 0.25, timeout: float = 600.0) -> None:
+    """Wait until `predicate()` holds, checking after `step` virtual seconds, then after
+    twice as long each time up to `max_step`; fail after `timeout` virtual seconds.
+    Costs next to no real time with the clock above, even when it fails."""
     with anyio.move_on_after(timeout):
         while not predicate():
             await anyio.sleep(step)
+            step = min(max_step, step * 2)
         return
     raise AssertionError(f"{what}: still not true after {timeout} s")
+
+
+async def none_within(seconds: float, happens: Callable[[], Awaitable[object]], what: str) -> None:
+    """Fail as soon as `happens()` returns; pass once `seconds` (virtual) went by without.
+
+    Better than sleeping and counting afterwards: an actor that wrongly loops (and so
+    never lets virtual time pass) fails the test at once instead of hanging it.
+    """
+    with anyio.move_on_after(seconds):
+        await happens()
+        raise AssertionError(f"{what} within {seconds} s")
 
 
 def stream(size: float) -> tuple[MemoryObjectSendStream[Any], MemoryObjectReceiveStream[Any]]:
@@ -162,12 +212,20 @@ class StubGuard:
         self.stopped: BaseException | None = None
         self.before_put: Callable[[FencedPut], None] | None = None
         self._versions = {StoreKind.KV: 0, StoreKind.WALLET: 0}
+        self._arrived: anyio.Event | None = None
 
     def lose(self, reason: BaseException) -> None:
         self.stopped = reason
 
     def of(self, kind: StoreKind) -> list[GuardPut]:
         return [put for put in self.puts if put.kind is kind]
+
+    async def wait_puts(self, count: int) -> None:
+        """Return once `count` puts (of any kind, whatever their outcome) arrived."""
+        while len(self.puts) < count:
+            if self._arrived is None:
+                self._arrived = anyio.Event()
+            await self._arrived.wait()
 
     async def run(self) -> None:
         async with self._inbox:
@@ -179,6 +237,9 @@ class StubGuard:
             self.before_put(put)
         record = GuardPut(put.kind, [i.key for i in put.items], [d.key for d in put.deletes], anyio.current_time())
         self.puts.append(record)
+        if self._arrived is not None:
+            self._arrived.set()
+            self._arrived = None
         if self.stopped is not None:
             record.error = self.stopped
             put.reply.fail(self.stopped)

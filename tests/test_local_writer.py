@@ -10,9 +10,10 @@ middle of.
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import anyio
@@ -54,6 +55,14 @@ class GatedStore(LocalStore):
         self.hold_bookkeeping = False
         self.gate = threading.Event()
         self.entered: anyio.Event | None = None
+
+    @contextlib.contextmanager
+    def opened_at_the_end(self) -> Iterator[None]:
+        """Whatever the test does, the held thread is let go when it ends."""
+        try:
+            yield
+        finally:
+            self.gate.set()
 
     def _hold(self) -> None:
         if self.entered is not None:
@@ -145,12 +154,13 @@ async def test_queued_writes_are_one_group_commit_and_each_caller_hears_its_seq_
     requests = [rig.queue_write(f"k{i}", f"v{i}".encode()) for i in range(10)]
     with anyio.fail_after(60):
         async with anyio.create_task_group() as tg:
-            tg.start_soon(rig.run)
-            await store.entered.wait()
-            assert not any(r.reply.done for r in requests)
-            store.gate.set()
-            seqs = [await r.reply.wait() for r in requests]
-            tg.cancel_scope.cancel()
+            with store.opened_at_the_end():  # inside the group: it waits for the held thread
+                tg.start_soon(rig.run)
+                await store.entered.wait()
+                assert not any(r.reply.done for r in requests)
+                store.gate.set()
+                seqs = [await r.reply.wait() for r in requests]
+                tg.cancel_scope.cancel()
     assert seqs == list(range(1, 11))
     assert len(store.commits) == 1 and rig.metrics.value("local_commits_total") == 1
     fresh = LocalStore(tmp_path / "node.sqlite3")  # another connection: what is on the disk
@@ -331,13 +341,14 @@ async def test_a_lock_during_a_groups_bookkeeping_answers_every_caller(clock, tm
     rig.inbox.send_nowait(flush)
     with anyio.fail_after(60):
         async with anyio.create_task_group() as tg:
-            tg.start_soon(rig.run)
-            await store.entered.wait()
-            behind = [rig.queue_write("k3", b"v"), rig.queue_write("k4", b"v")]
-            rig.scope.cancel()
-            store.gate.set()
-            heard = [await outcome(r) for r in [record, *group, flush, *behind]]
-            tg.cancel_scope.cancel()
+            with store.opened_at_the_end():  # inside the group: it waits for the held thread
+                tg.start_soon(rig.run)
+                await store.entered.wait()
+                behind = [rig.queue_write("k3", b"v"), rig.queue_write("k4", b"v")]
+                rig.scope.cancel()
+                store.gate.set()
+                heard = [await outcome(r) for r in [record, *group, flush, *behind]]
+                tg.cancel_scope.cancel()
     assert heard[0] is None and recorded_versions(store)[StoreKind.KV] == 4
     assert all(isinstance(h, NodeLocked) for h in heard[1:]), heard
     assert store.commits == [] and store.all_items() == {}

@@ -12,7 +12,7 @@ import os
 
 import anyio
 import pytest
-from actorutil import WalletRig, eventually, thread_aware_clock
+from actorutil import WalletRig, eventually, none_within, thread_aware_clock
 from guardutil import keys
 
 import actors.wallet_upload
@@ -65,7 +65,7 @@ async def test_changes_during_an_upload_coalesce_into_one_more_built_after_the_l
             assert rig.marked(BACKUP_REQUIRED) and rig.keeper.status.backup_required
             second.release()
             await eventually(lambda: settled(rig), "the second upload cleared the marker")
-            await anyio.sleep(600)  # and nothing more is uploaded
+            await none_within(600, lambda: rig.guard.wait_puts(3), "a third upload")
             tg.cancel_scope.cancel()
     assert len(rig.uploads()) == 2 and rig.keeper.status.uploads == 2
     assert await rig.server_files() == rig.local_files() == {
@@ -135,8 +135,8 @@ async def test_an_unreadable_remote_backup_is_never_uploaded_over_unless_asked(c
             rig.start(tg)
             await rig.change("a.txt", b"1")
             await rig.change("b.txt", b"2")
-            await anyio.sleep(3600)
-            assert rig.guard.of(StoreKind.WALLET) == [] and rig.marked(BACKUP_REQUIRED)
+            await none_within(3600, lambda: rig.guard.wait_puts(1), "an upload over the unreadable backup")
+            assert rig.marked(BACKUP_REQUIRED)
             with pytest.raises(errors.WalletBackupUnreadable):
                 await rig.backup_now()
             version = await rig.backup_now(replace_unreadable=True)
@@ -176,8 +176,7 @@ async def test_owe_wallet_uploads_a_clean_wallet_again(clock, tmp_path):
     with anyio.fail_after(3600):
         async with anyio.create_task_group() as tg:
             rig.start(tg)
-            await anyio.sleep(600)
-            assert rig.guard.of(StoreKind.WALLET) == []
+            await none_within(600, lambda: rig.guard.wait_puts(1), "an upload of a clean wallet")
             await rig.inbox.send(OweWallet())
             await eventually(lambda: rig.keeper.status.uploads == 1 and settled(rig), "uploaded")
             tg.cancel_scope.cancel()
@@ -201,8 +200,7 @@ async def test_after_the_fence_is_lost_nothing_more_is_uploaded(clock, tmp_path)
             await eventually(lambda: rig.keeper.status.stopped is not None, "the keeper stopped")
             attempts = len(rig.guard.of(StoreKind.WALLET))
             await rig.change("b.txt", b"3")
-            await anyio.sleep(3600)
-            assert len(rig.guard.of(StoreKind.WALLET)) == attempts
+            await none_within(3600, lambda: rig.guard.wait_puts(attempts + 1), "an upload after FenceLost")
             with pytest.raises(errors.OwnershipLost):
                 await rig.backup_now()
             tg.cancel_scope.cancel()
