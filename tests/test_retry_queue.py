@@ -14,7 +14,7 @@ import re
 
 import anyio
 import pytest
-from actorutil import KvRig, commit_directly, eventually, markers, stream, t, thread_aware_clock
+from actorutil import KvRig, commit_directly, eventually, markers, none_within, stream, t, thread_aware_clock
 
 from actors.messages import Deferred, ReplicationStopped, Rescan, RetryBatch, Succeeded
 from actors.metrics import NodeMetrics
@@ -155,7 +155,7 @@ async def test_a_server_that_comes_back_is_caught_up_without_new_writes(clock, t
             assert failed_attempts >= 5
             rig.port.down = False
             back_at = anyio.current_time()
-            await eventually(lambda: not markers(rig.store), "caught up", step=0.01)
+            await eventually(lambda: not markers(rig.store), "caught up", step=0.01, max_step=0.01)
             caught_up_in = anyio.current_time() - back_at
             await eventually(lambda: any(CAUGHT_UP.search(r.getMessage()) for r in caplog.records))
             tg.cancel_scope.cancel()
@@ -170,8 +170,8 @@ async def test_a_server_that_comes_back_is_caught_up_without_new_writes(clock, t
 @pytest.mark.trio
 async def test_overflow_drops_the_oldest_and_a_sweep_brings_them_back(clock, tmp_path):
     """Fault: five keys fail while the queue holds three. Expected: the two oldest are
-    dropped (and counted), the three newest are offered first; once they land, the
-    markers are read again and the two dropped keys are offered and land too."""
+    dropped (and counted), the three newest are offered first; the moment they land,
+    the markers are read again and the two dropped keys are offered and land too."""
     store = LocalStore(tmp_path / "node.sqlite3")
     stand_in = StandIn(store)
     rig = QueueRig(store, stand_in, capacity=3)
@@ -185,6 +185,8 @@ async def test_overflow_drops_the_oldest_and_a_sweep_brings_them_back(clock, tmp
             await eventually(lambda: not markers(store), "all five landed")
             tg.cancel_scope.cancel()
     assert [sorted(batch) for _, batch in stand_in.batches] == [[t("k2"), t("k3"), t("k4")], [t("k0"), t("k1")]]
+    first, second = stand_in.times()
+    assert second == first  # read back as soon as the queue had room, not at the next periodic sweep
     assert rig.metrics.value("retry_queue_dropped_total") == 2
     store.close()
 
@@ -249,9 +251,8 @@ async def test_after_replication_stopped_nothing_more_is_offered(clock, tmp_path
             commit_directly(store, {"k2": b"v"}, owed=True)
             await rig.inbox.send(Deferred([t("k"), t("k2")], failed=True, error="injected"))
             await rig.inbox.send(Rescan())
-            await anyio.sleep(5 * SWEEP_INTERVAL_S)
+            await none_within(5 * SWEEP_INTERVAL_S, lambda: stand_in.wait_batches(offered + 1), "an offer after the stop")
             tg.cancel_scope.cancel()
-    assert len(stand_in.batches) == offered
     assert len(rig.queue) == 0
     store.close()
 
