@@ -241,21 +241,27 @@ async def test_a_late_clear_leaves_a_newer_write_owed(clock, tmp_path):
 
 @pytest.mark.trio
 async def test_store_versions_are_recorded_before_the_guard_hears_back(clock, tmp_path):
-    """Situation: the guard reports the stores' new global versions. Expected: each
-    RecordStoreVersion is answered, and by then the version is in the settings."""
-    store = LocalStore(tmp_path / "node.sqlite3")
+    """Situation: the guard reports the stores' new global versions. Expected: while
+    the bookkeeping transaction is still on the disk the guard has not heard back; each
+    RecordStoreVersion is answered once the version is in the settings."""
+    store = GatedStore(tmp_path / "node.sqlite3")
+    store.hold_bookkeeping, store.entered = True, anyio.Event()
     rig = WriterRig(store)
     with anyio.fail_after(60):
         async with anyio.create_task_group() as tg:
-            tg.start_soon(rig.run)
-            kv = RecordStoreVersion(StoreKind.KV, 7)
-            await rig.inbox.send(kv)
-            await kv.reply.wait()
-            assert recorded_versions(store)[StoreKind.KV] == 7
-            wallet = RecordStoreVersion(StoreKind.WALLET, 3)
-            await rig.inbox.send(wallet)
-            await wallet.reply.wait()
-            tg.cancel_scope.cancel()
+            with store.opened_at_the_end():
+                tg.start_soon(rig.run)
+                kv = RecordStoreVersion(StoreKind.KV, 7)
+                await rig.inbox.send(kv)
+                await store.entered.wait()
+                assert not kv.reply.done
+                store.gate.set()
+                await kv.reply.wait()
+                assert recorded_versions(store)[StoreKind.KV] == 7
+                wallet = RecordStoreVersion(StoreKind.WALLET, 3)
+                await rig.inbox.send(wallet)
+                await wallet.reply.wait()
+                tg.cancel_scope.cancel()
     assert recorded_versions(store) == {StoreKind.KV: 7, StoreKind.WALLET: 3}
     store.close()
 
