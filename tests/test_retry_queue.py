@@ -109,13 +109,6 @@ async def test_the_backoff_grows_caps_and_starts_over_after_a_success(clock, tmp
     store.close()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "retry_queue: once an outage outlasts SWEEP_INTERVAL_S, the overdue periodic sweep runs the moment "
-    "_hand_batch() empties the queue (RetryQueue._deadline() gives _next_sweep whenever the queue is empty, "
-    "although a retry batch is in flight and _next_try is ahead); the sweep re-reads the in-flight key's "
-    "marker and _on_timer() hands it again at once, so the key is offered twice in the same instant and "
-    "the backoff is bypassed"
-))
 @pytest.mark.trio
 async def test_a_long_outage_offers_a_key_once_per_backoff_step(clock, tmp_path):
     """Fault: the server stays down for well over SWEEP_INTERVAL_S (twelve failed offers,
@@ -259,12 +252,7 @@ async def test_after_replication_stopped_nothing_more_is_offered(clock, tmp_path
 
 @pytest.mark.parametrize("batch_size", [
     500,
-    pytest.param(2, marks=pytest.mark.xfail(strict=True, reason=(
-        "retry_queue: \"VSS reachable again: N keys sent\" is logged when the last retry batch is handed to "
-        "the replicator, not when it landed: on Succeeded, _on_message() calls _hand_batch(), which empties "
-        "the queue, then _maybe_caught_up(), which logs at once; N leaves out the keys of that last batch "
-        "(5 keys in batches of 2 are logged as 4) and T its time"
-    ))),
+    2,
 ])
 @pytest.mark.trio
 async def test_an_outage_logs_one_line_when_it_starts_and_one_when_caught_up(clock, tmp_path, caplog, batch_size):
