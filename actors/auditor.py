@@ -31,7 +31,6 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from actors.messages import CheckRemote, OweKeys, Reply, WalletMessage, WriterMessage
 from actors.ownership_guard import FENCE_KEY
-from actors.replicator import describe
 from actors.tasks import first_cause
 from actors.vss_port import VssPort
 from actors.wallet_restorer import restore_wallet
@@ -41,7 +40,7 @@ from node.keys import NodeKeys
 from node.store import LocalStore, Triple
 from node.wallet_files import WalletHome
 from node.wording import counted
-from vss.errors import NoSuchKeyError, VssError
+from vss.errors import NoSuchKeyError, VssError, one_line
 
 log = logging.getLogger(__name__)
 
@@ -108,25 +107,42 @@ class Auditor:
         """A first pass at once (unlock does not wait for it), then one per interval."""
         next_pass = anyio.current_time() if self._interval > 0 else None
         async with self._inbox:
-            while True:
-                request = None
-                with anyio.move_on_after(float("inf") if next_pass is None else max(0.0, next_pass - anyio.current_time())):
-                    request = await self._inbox.receive()
-                full = request.full if request is not None else False
-                try:
-                    report = await self.compare(full=full)
-                except (VssError, errors.NodeError) as exc:
-                    self.status = replace(self.status, last_error=describe(exc))
-                    log.warning("comparing the VSS store with the local one failed: %s", describe(exc))
-                    if request is not None:
-                        request.reply.fail(exc)
-                    if next_pass is not None:
-                        next_pass = anyio.current_time() + min(self._interval, RETRY_AFTER_FAILURE_S)
-                    continue
+            try:
+                await self._serve(next_pass)
+            finally:
+                self._refuse_queued()
+
+    def _refuse_queued(self) -> None:
+        """Stopping (lock, or the store was lost): a verification still queued hears it."""
+        while True:
+            try:
+                request = self._inbox.receive_nowait()
+            except (anyio.WouldBlock, anyio.EndOfStream, anyio.ClosedResourceError):
+                return
+            request.reply.fail(errors.NodeLocked("the comparison was stopped before it ran"))
+
+    async def _serve(self, next_pass: float | None) -> None:
+        while True:
+            request = None
+            with anyio.move_on_after(float("inf") if next_pass is None else max(0.0, next_pass - anyio.current_time())):
+                request = await self._inbox.receive()
+            try:
+                report = await self.compare(full=request.full if request is not None else False)
                 if request is not None:
                     request.reply.set(report)
-                if request is None and next_pass is not None:
-                    next_pass = anyio.current_time() + self._interval
+            except (VssError, errors.NodeError) as exc:
+                self.status = replace(self.status, last_error=one_line(exc))
+                log.warning("comparing the VSS store with the local one failed: %s", one_line(exc))
+                if request is not None:
+                    request.reply.fail(exc)
+                if next_pass is not None:
+                    next_pass = anyio.current_time() + min(self._interval, RETRY_AFTER_FAILURE_S)
+                continue
+            finally:
+                if request is not None:  # stopped half-way: answered all the same (no-op once answered)
+                    request.reply.fail(errors.NodeLocked("the comparison was stopped before it finished"))
+            if request is None and next_pass is not None:
+                next_pass = anyio.current_time() + self._interval
 
     async def compare(self, *, full: bool) -> AuditReport:
         started = time.monotonic()

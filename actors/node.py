@@ -33,7 +33,6 @@ from actors.auditor import AuditNow, AuditReport
 from actors.messages import BackupNow, Reply, SendNow, WalletChange, WriteRequest
 from actors.metrics import NodeMetrics
 from actors.ownership_guard import FenceLost, clear_fence
-from actors.replicator import describe
 from actors.restorer import RestoreStatus
 from actors.session import Session, SessionStatus
 from actors.vss_port import VssPort
@@ -46,7 +45,7 @@ from node.mnemonic_vault import open_mnemonic, seal_mnemonic
 from node.store import LocalChange, LocalStore, Triple
 from node.wallet_files import BACKUP_REQUIRED, REMOTE_INCOMPLETE, REMOTE_UNREADABLE, WalletHome
 from vss.client import VssClient, headers_auth
-from vss.errors import VssError
+from vss.errors import VssError, one_line
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +54,8 @@ PortFactory = Callable[[NodeKeys], VssPort]
 
 
 class NodeState(enum.StrEnum):
+    """Where the node is in its lifecycle; the value is what `/nodeinfo` says."""
+
     UNINITIALIZED = "uninitialized"
     LOCKED = "locked"
     UNLOCKING = "unlocking"
@@ -144,6 +145,8 @@ class Node:
 
     @property
     def state(self) -> NodeState:
+        """The node's lifecycle state (changes only through init, unlock, lock, and the
+        stores' reports)."""
         return self._state
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -201,15 +204,16 @@ class Node:
                 self._session = await self._tg.start(self._run_session, keys)
             except BaseException as exc:
                 self._state = NodeState.LOCKED
-                log.warning("unlock failed: %s", describe(exc))
+                log.warning("unlock failed: %s", one_line(exc))
                 raise
             self._state = NodeState.RUNNING
             log.info("node unlocked")
 
     async def lock(self) -> None:
-        """Stop replication and the actors; commits already taken are flushed first.
+        """Stop replication and the actors; writes already taken are committed first.
 
-        Raises NodeNotLocked-style errors only when there is nothing to lock."""
+        Works from running, fenced and diverged. Raises NotInitialized or NodeLocked when
+        there is nothing to lock."""
         async with self._lifecycle:
             if self._session is None:
                 self._require(NodeState.RUNNING)
@@ -301,7 +305,7 @@ class Node:
             if not running:
                 raise  # unlock fails and says why
             # An actor failed: stop the session rather than the whole process.
-            log.error("the node's actors failed (%s); the node is now locked, unlock to retry", describe(exc),
+            log.error("the node's actors failed (%s); the node is now locked, unlock to retry", one_line(exc),
                       exc_info=exc)
             self._state, self._session = NodeState.LOCKED, None
         finally:
@@ -315,7 +319,7 @@ class Node:
 
     def _streams_stopped(self, reason: BaseException) -> None:
         """The guard's one report: fenced (another owner) or diverged (another writer)."""
-        self._stopped_reason = describe(reason)
+        self._stopped_reason = one_line(reason)
         if self._state is not NodeState.RUNNING:
             return
         if isinstance(reason, FenceLost):
@@ -457,12 +461,17 @@ class Node:
         and check that the wallet backup restores. Raises VssNotEnabled, NodeLocked,
         VerifyInProgress (one at a time), VssUnavailable."""
         self._require_vss()
-        session = self._readable()
+        session = self._writable()
+        if self._state is not NodeState.RUNNING:
+            raise errors.StoreDiverged("replication is stopped (another node wrote the store): lock the node and decide")
         if self._verifying.locked() or session.audit_inbox is None:
             raise errors.VerifyInProgress("a verification is already running; wait for it to finish")
         async with self._verifying:
             request = AuditNow(full=True, reply=Reply())
-            await session.audit_inbox.send(request)
+            try:
+                await session.audit_inbox.send(request)
+            except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+                raise errors.NodeLocked("the node was locked before the verification ran") from None
             try:
                 report = await request.reply.wait()
             except VssError as exc:

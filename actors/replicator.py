@@ -54,7 +54,8 @@ from actors.metrics import NodeMetrics
 from actors.ownership_guard import FenceLost, StoreDivergedError
 from node import crypto, errors, kv_keys
 from node.store import LocalStore, Owed, Triple
-from vss.errors import InvalidRequestError, RequestTooLargeError, VssError
+from node.wording import counted
+from vss.errors import InvalidRequestError, RequestTooLargeError, VssError, one_line
 from vss.proto.vss_pb2 import KeyValue
 
 log = logging.getLogger(__name__)
@@ -82,11 +83,6 @@ class ReplicationStatus:
     rejected: int = 0  # keys the server refuses, still owed
     rejected_error: str | None = None  # the latest refusal: which key, and why
     stopped: str | None = None  # why replication stopped for good (fenced, diverged)
-
-
-def describe(exc: BaseException) -> str:
-    """An exception as one line for a status field or a log line."""
-    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 
 class Replicator:
@@ -259,15 +255,15 @@ class Replicator:
         """Hand the unsent keys and everything behind them over; the backoff decides when."""
         self._healthy = False
         self._metrics.replication_failures.inc()
-        self.status = replace(self.status, failures=self.status.failures + 1, last_error=describe(exc))
-        log.debug("VSS write of %d keys failed (%s)", len(unsent), describe(exc))
+        self.status = replace(self.status, failures=self.status.failures + 1, last_error=one_line(exc))
+        log.debug("VSS write of %s failed (%s)", counted(len(unsent), "key"), one_line(exc))
         rest = unsent + list(self._pending)
         self._pending.clear()
-        await self._retry_queue.send(Deferred(rest, failed=True, error=describe(exc)))
+        await self._retry_queue.send(Deferred(rest, failed=True, error=one_line(exc)))
 
     def _reject(self, triple: Triple, exc: VssError) -> None:
         key = kv_keys.to_vss_key(*triple)
-        reason = f"the server refused the value of {key!r}: {describe(exc)}"
+        reason = f"the server refused the value of {key!r}: {one_line(exc)}"
         if triple not in self._rejected:
             log.error("%s; it stays owed and is retried when it changes (and every %.0f s)", reason, REJECTED_RETRY_S)
             self._metrics.rejected_kv_writes.inc()
@@ -304,7 +300,7 @@ class Replicator:
 
     async def _stop(self, reason: BaseException) -> None:
         self._stopped = reason
-        self.status = replace(self.status, stopped=describe(reason), last_error=describe(reason))
+        self.status = replace(self.status, stopped=one_line(reason), last_error=one_line(reason))
         self._pending.clear()
         for waiting in self._waiters.values():
             for _, reply in waiting:

@@ -62,6 +62,7 @@ class RetryQueue:
         self._next_try = 0.0  # anyio clock: no retry batch before this
         self._next_sweep = math.inf  # set once running
         self._rescan_owed = True  # at unlock: whatever the last session left owed
+        self._in_flight = False  # a retry batch was handed and has not been answered yet
         self._stopped = False
         self._outage_since: float | None = None  # anyio clock, while failing
         self._recovered_at: float | None = None  # anyio clock, catching up after an outage
@@ -89,16 +90,17 @@ class RetryQueue:
     def _deadline(self) -> float:
         if self._stopped:
             return math.inf
-        if self._queue or self._rescan_owed:
-            return self._next_try
-        return self._next_sweep
+        retry = self._next_try if self._queue or self._rescan_owed else math.inf
+        return min(retry, self._next_sweep)
 
     async def _on_message(self, message: RetryMessage) -> None:
         if isinstance(message, Deferred):
             self._add(message.triples)
             if message.failed:
+                self._in_flight = False
                 self._on_failure(message.error)
         elif isinstance(message, Succeeded):
+            self._in_flight = False
             self._on_success(message.keys)
             if not self._queue and self._rescan_owed:
                 await self._sweep()
@@ -132,20 +134,24 @@ class RetryQueue:
             self._caught_up_keys += keys
 
     def _maybe_caught_up(self) -> None:
-        if self._recovered_at is None or self._queue or self._rescan_owed:
+        """After an outage: once the backlog is not only handed over but landed."""
+        if self._recovered_at is None or self._queue or self._rescan_owed or self._in_flight:
             return
         took = anyio.current_time() - self._recovered_at
         log.info("VSS reachable again: %s sent in %.1f s", counted(self._caught_up_keys, "key"), took)
         self._recovered_at = None
 
     async def _on_timer(self) -> None:
-        if not self._queue:
+        now = anyio.current_time()
+        if now >= self._next_sweep or (not self._queue and self._rescan_owed):
             await self._sweep()  # owed after a drop, or the periodic sweep
+        if now < self._next_try:
+            return  # a sweep found keys; they wait for the backoff like any other
         self._hand_batch()
         if not self._queue and not self._rescan_owed:
             return
         # Nothing could be handed (busy replicator) or more is waiting: try again later.
-        self._next_try = max(self._next_try, anyio.current_time() + self._backoff.delay(max(1, self._failures)))
+        self._next_try = max(self._next_try, now + self._backoff.delay(max(1, self._failures)))
 
     def _add(self, triples: list[Triple]) -> None:
         for triple in triples:
@@ -174,5 +180,6 @@ class RetryQueue:
             return  # the replicator is busy; the timer tries again
         for triple in batch:
             del self._queue[triple]
+        self._in_flight = True
         # One retry batch at a time: the next waits for its answer or for the delay.
         self._next_try = anyio.current_time() + self._backoff.delay(max(1, self._failures))

@@ -44,7 +44,6 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from actors.messages import BackupNow, CheckRemote, OweWallet, RemoteSeen, Reply, UploadDone, WalletChange, WalletMessage
 from actors.metrics import NodeMetrics
 from actors.ownership_guard import FenceLost, StoreDivergedError
-from actors.replicator import describe
 from actors.vss_port import VssPort
 from actors.wallet_upload import WalletUploader
 from node import errors, wallet_files
@@ -53,7 +52,7 @@ from node.wallet_archive import WalletBackup, build_backup
 from node.wallet_files import BACKUP_REQUIRED, REMOTE_UNREADABLE, WalletHome
 from node.wallet_format import MANIFEST_KEY
 from vss.backoff import Backoff
-from vss.errors import NoSuchKeyError, VssError
+from vss.errors import NoSuchKeyError, VssError, one_line
 
 log = logging.getLogger(__name__)
 
@@ -244,7 +243,7 @@ class WalletKeeper:
         except NoSuchKeyError:
             seen = RemoteSeen(version=None)
         except VssError as exc:
-            seen = RemoteSeen(error=describe(exc))
+            seen = RemoteSeen(error=one_line(exc))
         await self._to_self.send(seen)
 
     async def _seen(self, seen: RemoteSeen) -> None:
@@ -268,7 +267,7 @@ class WalletKeeper:
         try:
             backup = await anyio.to_thread.run_sync(build_backup, home.root, home.fingerprint, self._signing_key, home.work_dir)
         except Exception as exc:  # a symlink or special file planted in the wallet, a disk error
-            await self._settle(UploadDone(number, seq, error=f"building the wallet backup failed: {describe(exc)}"))
+            await self._settle(UploadDone(number, seq, error=f"building the wallet backup failed: {one_line(exc)}"))
             return
         self._uploading = True
         tg.start_soon(self._upload, number, seq, backup)
@@ -282,7 +281,7 @@ class WalletKeeper:
         except Exception as exc:
             if not isinstance(exc, (VssError, OSError)):
                 log.exception("unexpected failure of a wallet backup upload")
-            done = UploadDone(number, seq, error=describe(exc))
+            done = UploadDone(number, seq, error=one_line(exc))
         finally:
             backup.discard()
         await self._to_self.send(done)
@@ -291,7 +290,7 @@ class WalletKeeper:
         self._uploading = False
         if done.stopped is not None:
             self._stopped = done.stopped
-            self._publish(stopped=describe(done.stopped), last_error=describe(done.stopped))
+            self._publish(stopped=one_line(done.stopped), last_error=one_line(done.stopped))
             self._answer(done.number, failure=lambda: _stopped_error(done.stopped))  # type: ignore[arg-type]
             return
         if done.error is not None:

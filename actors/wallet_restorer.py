@@ -31,6 +31,7 @@ import anyio
 from anyio.abc import TaskGroup
 from anyio.streams.memory import MemoryObjectSendStream
 
+from actors.progress import ProgressLog
 from actors.tasks import first_cause
 from actors.vss_port import VssPort
 from node import errors
@@ -48,6 +49,7 @@ from node.wallet_format import (
     parse_manifest,
     parse_metadata,
 )
+from node.wording import counted
 from vss.errors import NoSuchKeyError, VssError
 
 log = logging.getLogger(__name__)
@@ -83,7 +85,8 @@ async def restore_wallet(
             )
         )
         with restore:
-            await _feed_in_order(port, store_id, manifest.chunk_count, restore, concurrency)
+            progress = ProgressLog(log, "wallet restore", manifest.total_size)
+            await _feed_in_order(port, store_id, manifest.chunk_count, restore, concurrency, progress)
             await anyio.to_thread.run_sync(restore.finish)
     except DecryptionError:
         raise errors.RestoreFailed(
@@ -94,7 +97,8 @@ async def restore_wallet(
         raise errors.RestoreFailed(f"the wallet backup on the server is damaged: {exc}; nothing was restored") from None
     except VssError as exc:
         raise errors.RestoreFailed(f"fetching the wallet backup from VSS failed: {exc}") from exc
-    log.info("restored the wallet (%d bytes in %d pieces) from VSS", manifest.total_size, manifest.chunk_count)
+    log.info("restored the wallet (%s in %s) from VSS", counted(manifest.total_size, "byte"),
+             counted(manifest.chunk_count, "piece"))
     return True
 
 
@@ -114,7 +118,9 @@ class _Piece:
         self.data = b""
 
 
-async def _feed_in_order(port: VssPort, store_id: str, chunk_count: int, restore: WalletRestore, concurrency: int) -> None:
+async def _feed_in_order(
+    port: VssPort, store_id: str, chunk_count: int, restore: WalletRestore, concurrency: int, progress: ProgressLog
+) -> None:
     """Fetch the pieces concurrently, feed them to `restore` strictly in order.
 
     The fetches start in order, each taking a slot that is freed once its piece was
@@ -123,6 +129,7 @@ async def _feed_in_order(port: VssPort, store_id: str, chunk_count: int, restore
     """
     slots = anyio.Semaphore(concurrency)
     started, in_order = anyio.create_memory_object_stream[_Piece](concurrency)
+    fed = 0
 
     async def fetch(piece: _Piece) -> None:
         piece.data = await _required(port, store_id, chunk_key(piece.index, chunk_count))
@@ -144,6 +151,8 @@ async def _feed_in_order(port: VssPort, store_id: str, chunk_count: int, restore
                     await piece.arrived.wait()
                     data, piece.data = piece.data, b""
                     await anyio.to_thread.run_sync(restore.feed, data)
+                    fed += len(data)
+                    progress.advance(fed)
                     slots.release()
     except BaseExceptionGroup as group:  # one failure cancels the rest: report it
         raise first_cause(group) from None

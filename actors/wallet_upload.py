@@ -30,11 +30,12 @@ import anyio
 from anyio.streams.memory import MemoryObjectSendStream
 
 from actors.messages import FencedPut, GuardMessage, StoreKind
+from actors.progress import ProgressLog
 from actors.vss_port import VssPort
 from node.keys import NodeKeys
 from node.wallet_archive import WalletBackup
 from node.wallet_files import REMOTE_INCOMPLETE, WalletHome
-from node.wallet_format import BACKUP_PREFIX, MANIFEST_KEY, is_piece_key
+from node.wallet_format import BACKUP_PREFIX, CHUNK_SIZE, MANIFEST_KEY, is_piece_key
 from vss.errors import ConflictError, RequestTooLargeError, VssError
 from vss.proto.vss_pb2 import KeyValue
 
@@ -91,15 +92,19 @@ class WalletUploader:
         items = [_item(backup.chunk_key(i), piece, versions) for i, piece in enumerate(pieces)]
         items += [_item(key, value, versions) for key, value in backup.documents().items()]
         await self._put(items, stale)
+        # A whole backup is there again, whatever an interrupted upload left before.
+        await anyio.to_thread.run_sync(self._home.set_flag, REMOTE_INCOMPLETE, False)
         return versions.get(MANIFEST_KEY, 0) + 1
 
     async def _piece_by_piece(self, backup: WalletBackup, versions: dict[str, int], stale: list[KeyValue]) -> int:
         overwrites = any(backup.chunk_key(i) in versions for i in range(backup.chunk_count))
         if overwrites:
             await anyio.to_thread.run_sync(self._home.set_flag, REMOTE_INCOMPLETE, True)
+        progress = ProgressLog(log, "wallet upload", backup.total_size)
         for index in range(backup.chunk_count):
             piece = await anyio.to_thread.run_sync(backup.read_chunk, index)
             await self._put([_item(backup.chunk_key(index), piece, versions)])
+            progress.advance(min(backup.total_size, (index + 1) * CHUNK_SIZE))
             del piece
         await self._put([_item(key, value, versions) for key, value in backup.documents().items()])
         await anyio.to_thread.run_sync(self._home.set_flag, REMOTE_INCOMPLETE, False)

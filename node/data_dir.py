@@ -39,7 +39,7 @@ class DataDir:
         self.path = Path(path)
         make_private_dirs(self.path)
         _tighten(self.path, PRIVATE_DIR_MODE, "data dir")
-        self._lock_fd = _lock(self.path / LOCK_FILE)
+        self._lock_fd: int | None = _lock(self.path / LOCK_FILE)
         for name in _DATABASE_FILES:
             if (self.path / name).exists():
                 _tighten(self.path / name, PRIVATE_FILE_MODE, "database file")

@@ -203,7 +203,7 @@ class LocalStore:
     def next_seq(self) -> int:
         """The first seq this session may use: above every marker already on disk."""
         row = self._writer.execute("SELECT COALESCE(MAX(seq), 0) FROM unsynced").fetchone()
-        return row[0] + 1
+        return int(row[0]) + 1
 
     def apply_writes(self, writes: Sequence[LocalChange], first_seq: int, *, track_unsynced: bool) -> None:
         """Commit a group of writes in one durable transaction, with their markers.
@@ -338,4 +338,4 @@ class LocalStore:
             count = conn.execute("SELECT changes()").fetchone()[0]
             conn.execute("DELETE FROM restore_staging")
             conn.executemany("INSERT OR REPLACE INTO settings (name, value) VALUES (?, ?)", list(settings.items()))
-        return count
+        return int(count)

@@ -164,7 +164,7 @@ def build_backup(
         with os.fdopen(fd, "wb") as out:
             sink = _EncryptingSink(out, encryptor)
             with zipfile.ZipFile(
-                sink,  # type: ignore[arg-type]
+                sink,  # type: ignore[call-overload]
                 "w",
                 compression=zipfile.ZIP_DEFLATED,
                 strict_timestamps=False,

@@ -59,14 +59,15 @@ def start_vss_server(
     db: str | None = None,
     command: list[str] | None = None,
     env: dict[str, str] | None = None,
+    port: int | None = None,
 ) -> RunningVssServer:
-    """Start `python -m vss.server` on a free port and return once it answers HTTP.
+    """Start `python -m vss.server` on a free port (or `port`) and return once it answers HTTP.
 
     `command` replaces the whole command line; `{port}` in it is the chosen port.
     Raises RuntimeError (with the server's output) if it exits or does not answer in time.
     """
     workdir.mkdir(parents=True, exist_ok=True)
-    port = free_loopback_port()
+    port = port or free_loopback_port()
     if command is None:
         db = db or f"sqlite:///{workdir / 'vss.sqlite3'}"
         command = [sys.executable, "-m", "vss.server", "--listen", f"127.0.0.1:{port}", "--db", db, *extra_args]

@@ -7,6 +7,9 @@ node's actors talk to: it satisfies `actors.vss_port.VssPort`). A port can be to
   act, `pause.release()`). That is how a test puts a takeover exactly between two reads.
 - fail: `port.down = True` makes every call a transport failure; `port.fail_next(op,
   exc)` fails the next call of `op` once.
+- be watched: `port.calls` names every call in order, `port.call_times[op]` says when
+  (anyio clock) each call of `op` began, and `await port.wait_calls(op, n)` returns once
+  `op` has been called `n` times, so a test waits on what happened, not on a timer.
 - be small: `server.max_body_bytes` refuses a putObjects whose values add up to more
   (RequestTooLargeError, as a body limit or a proxy would).
 Semantics follow docs/PROTOCOL.md: -1/0/v versions, deletes that remove nothing
@@ -120,6 +123,8 @@ class FakePort:
         self.server = server
         self.down = False
         self.calls: list[str] = []
+        self.call_times: dict[str, list[float]] = {}
+        self._called: anyio.Event | None = None  # made by a waiter (an Event needs a running loop)
         self._pauses: dict[str, list[Pause]] = {}
         self._failures: dict[str, list[VssError]] = {}
 
@@ -131,8 +136,19 @@ class FakePort:
     def fail_next(self, op: str, exc: VssError) -> None:
         self._failures.setdefault(op, []).append(exc)
 
+    async def wait_calls(self, op: str, count: int) -> None:
+        """Return once `op` has been called at least `count` times (whatever the outcome)."""
+        while len(self.call_times.get(op, ())) < count:
+            if self._called is None:
+                self._called = anyio.Event()
+            await self._called.wait()
+
     async def _enter(self, op: str) -> None:
         self.calls.append(op)
+        self.call_times.setdefault(op, []).append(anyio.current_time())
+        if self._called is not None:
+            self._called.set()
+            self._called = None
         await anyio.lowlevel.checkpoint()
         pauses = self._pauses.get(op)
         if pauses:

@@ -9,6 +9,7 @@ server, and verification finding what the server got wrong.
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -17,16 +18,18 @@ from typing import Any
 import anyio
 import pytest
 
-from actors import Node, NodeState
-from actors.ownership_guard import FENCE_KEY
+from actors import Node, NodeState, wallet_upload
+from actors.ownership_guard import FENCE_KEY, clear_fence
 from fakevss import FakePort, FakeVssServer
 from node import crypto, errors, kv_keys
 from node.config import NodeConfig
+from node.data_dir import DataDirInUse
 from node.keys import NodeKeys, derive_keys, generate_mnemonic
 from node.mnemonic_vault import FAST_LIMITS
 from node.store import Triple
 from node.wallet_format import MANIFEST_KEY
 from nodeutil import wait_for
+from vss.errors import VssUnavailableError
 from vss.proto.vss_pb2 import KeyValue
 
 pytestmark = pytest.mark.trio
@@ -208,11 +211,8 @@ async def test_a_divergence_found_after_an_unreachable_unlock_stops_replication_
         for i in range(3):
             await b.put("ns", "", f"b{i}", b"B")
             await wait_for(lambda: settled(b), what="B's write on the server")
-        await b.clear_fence(PASSWORD) if b.state is NodeState.LOCKED else None
     port = FakePort(server)
     async with node_on(server, tmp_path / "a", port=port) as a:
-        from actors.ownership_guard import clear_fence
-
         await clear_fence(port, keys.kv_store_id)
         port.down = True
         await a.unlock(PASSWORD)  # the server is down: the check waits for the first write
@@ -305,7 +305,7 @@ async def test_verify_and_the_auditor_find_what_the_server_got_wrong(tmp_path):
         assert (clean.missing_on_server, clean.extra_on_server, clean.mismatched, clean.wallet_restorable) == (0, 0, 0, True)
         other = crypto.encrypt_value(keys.signing_key, b"not what the node wrote")
         server.apply_put(store, [KeyValue(key="ns/_/k1", version=-1, value=other)], [], None)
-        server.apply_put(store, [KeyValue(key="ns/_/foreign", version=-1, value=other)], [],  None)
+        server.apply_put(store, [KeyValue(key="ns/_/foreign", version=-1, value=other)], [], None)
         server.apply_put(store, [], [KeyValue(key="ns/_/k2", version=-1)], None)
         report = await node.verify()
         assert (report.missing_on_server, report.extra_on_server, report.mismatched) == (1, 1, 1)
@@ -337,12 +337,45 @@ async def _verified(node: Node) -> bool:
 async def test_one_process_per_data_dir(tmp_path):
     server = FakeVssServer()
     async with node_on(server, tmp_path / "a"):
-        with pytest.raises(errors_config_in_use()):
+        with pytest.raises(DataDirInUse):
             Node(NodeConfig(data_dir=tmp_path / "a", vault_limits=FAST_LIMITS))
-    Node(NodeConfig(data_dir=tmp_path / "a", vault_limits=FAST_LIMITS))._close_files()  # released on close
+    async with node_on(server, tmp_path / "a"):  # released when the first one closed
+        pass
 
 
-def errors_config_in_use() -> type[Exception]:
-    from node.data_dir import DataDirInUse
+async def test_a_whole_atomic_upload_ends_the_window_an_interrupted_piecewise_one_opened(tmp_path, monkeypatch):
+    """Fault: a piece-by-piece upload over a chunked backup dies after its first piece
+    (the server's backup is no longer whole: not restorable). Then the wallet shrinks and
+    its next backup goes out in one request. Expected: that whole backup makes it
+    restorable again (the window's marker is cleared by any whole upload)."""
+    monkeypatch.setattr(wallet_upload, "ATOMIC_MAX_BYTES", 1024 * 1024)
+    server = FakeVssServer()
+    port = FakePort(server)
+    mnemonic = generate_mnemonic()
+    async with node_on(server, tmp_path / "a", port=port) as node:
+        await node.init(PASSWORD, mnemonic)
+        await node.unlock(PASSWORD)
+        await node.wallet_write("big", os.urandom(3 * 1024 * 1024))  # incompressible: piece by piece
+        await node.backup_now()
+        await node.wallet_write("big", os.urandom(3 * 1024 * 1024))
+        original = server.apply_put
+        pieces = 0
 
-    return DataDirInUse
+        def die_after_one_piece(store_id: str, items: Any, deletes: Any, version: int | None) -> None:
+            nonlocal pieces
+            if store_id == derive_keys(mnemonic).wallet_store_id and any(i.key.startswith("backup/chunk/") for i in items):
+                pieces += 1
+                if pieces > 1:
+                    raise VssUnavailableError("injected: the link died")
+            original(store_id, items, deletes, version)
+
+        server.apply_put = die_after_one_piece  # type: ignore[method-assign]
+        with pytest.raises(errors.VssUnavailable):
+            await node.backup_now()
+        assert (await node.backup_info())["backup_restorable"] is False
+        server.apply_put = original  # type: ignore[method-assign]
+        await node.wallet_delete("big")
+        await node.wallet_write("small", b"fits one request")
+        await node.backup_now()
+        info = await node.backup_info()
+        assert info["backup_restorable"] is True and info["backup_required"] is False

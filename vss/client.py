@@ -288,7 +288,9 @@ class VssClient:
                 if delay is None:
                     error.add_note(f"VSS {method}: gave up after {attempt} attempt(s)")
                     raise
-                logger.warning(
+                # The callers say what an outage means (one line when it starts, one when it
+                # is over); a line per quick retry is noise.
+                logger.debug(
                     "VSS %s failed (%s: %s); retry %d of %d in %.3f s",
                     method,
                     type(error).__name__,

@@ -70,3 +70,10 @@ ERRORS_BY_CODE: dict[int, type[VssError]] = {
     cls.code: cls
     for cls in (ConflictError, InvalidRequestError, InternalServerError, NoSuchKeyError, AuthError)
 }
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception as `Type: message` on one line (the message's last line), for a log
+    line, a status field or a command's one-line failure."""
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[-1]}" if lines else type(exc).__name__

@@ -6,6 +6,8 @@ import argparse
 import logging
 import sys
 
+from vss.errors import one_line
+
 
 def add_log_level(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
@@ -23,7 +25,7 @@ def setup_logging(level: str) -> None:
 def fail(command: str, exc: BaseException, status: int) -> int:
     """One line on stderr (the traceback too at debug level), and the exit status."""
     text = str(exc).strip().splitlines()
-    print(f"{command}: {text[-1] if text else type(exc).__name__}", file=sys.stderr)
+    print(f"{command}: {text[-1] if text else one_line(exc)}", file=sys.stderr)
     if logging.getLogger().isEnabledFor(logging.DEBUG):
         logging.error("%s failed", command, exc_info=exc)
     return status

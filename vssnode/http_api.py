@@ -145,6 +145,11 @@ def create_app(config: NodeConfig, **node_kwargs: Any) -> Quart:
             raise errors.InvalidRequest("the body must be a JSON object")
         return body
 
+    async def raw_body() -> bytes:
+        data = await request.get_data(cache=False)
+        assert isinstance(data, bytes)  # not asked as text
+        return data
+
     def namespace() -> tuple[str, str]:
         return request.args.get("primary", ""), request.args.get("secondary", "")
 
@@ -185,7 +190,7 @@ def create_app(config: NodeConfig, **node_kwargs: Any) -> Quart:
     @app.put("/kv/<key>")
     async def put_value(key: str) -> Response:
         how = durability()
-        value = await request.get_data(cache=False)
+        value = await raw_body()
         await node().put(*namespace(), key, value, durability=how)
         return Response(status=204)
 
@@ -209,7 +214,7 @@ def create_app(config: NodeConfig, **node_kwargs: Any) -> Quart:
 
     @app.put("/wallet/files/<wallet_path:path>", merge_slashes=False)
     async def put_wallet_file(path: str) -> Response:
-        data = await request.get_data(cache=False)
+        data = await raw_body()
         await node().wallet_write(path, data)
         return Response(status=204)
 

@@ -48,13 +48,14 @@ async def _serve(config: NodeConfig) -> None:
     hyper = Config()
     hyper.bind = [config.listen]
     hyper.accesslog = None
+    hyper.errorlog = logging.getLogger("hypercorn.error")  # through our handler, once
 
     def announce(urls: list[str]) -> None:
         print(f"vssnode: node API on {', '.join(urls)} (data dir {config.data_dir}, VSS {config.vss_url or 'off'})",
               flush=True)
 
     try:
-        await serve_until_signalled(app, hyper, on_bound=announce)
+        await serve_until_signalled(app, hyper, on_bound=announce)  # type: ignore[arg-type]
     except Exception:
         failed = app.extensions["vssnode"].get("failed")
         if failed is not None:  # hypercorn reports a failed startup without its cause

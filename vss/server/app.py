@@ -29,7 +29,7 @@ from typing import Any, Literal
 
 import anyio
 
-from vss.errors import InternalServerError, InvalidRequestError, RequestTooLargeError, VssError
+from vss.errors import InternalServerError, InvalidRequestError, RequestTooLargeError, VssError, one_line
 from vss.proto import vss_pb2
 from vss.server.authorizers import Authorizer, NoAuthorizer, SignatureAuthorizer
 from vss.server.backend import DEFAULT_MAX_BODY_BYTES, Backend
@@ -79,7 +79,7 @@ class VssApp:
         try:
             await self.backend.open()
         except Exception as exc:
-            self.startup_error = f"cannot open the database {self.backend.describe()}: {_one_line(exc)}"
+            self.startup_error = f"cannot open the database {self.backend.describe()}: {one_line(exc)}"
             raise
 
     async def shutdown(self) -> None:
@@ -219,7 +219,7 @@ class VssApp:
                 try:
                     await self.shutdown()
                 except Exception as exc:
-                    await send({"type": "lifespan.shutdown.failed", "message": f"closing the database: {_one_line(exc)}"})
+                    await send({"type": "lifespan.shutdown.failed", "message": f"closing the database: {one_line(exc)}"})
                     return
                 await send({"type": "lifespan.shutdown.complete"})
                 return
@@ -256,9 +256,3 @@ def _error(exc: VssError) -> tuple[int, bytes, bytes]:
     code: Any = exc.code  # an ErrorCode value; the stubs want the enum type
     body = vss_pb2.ErrorResponse(error_code=code, message=str(exc)).SerializeToString()
     return exc.status, _PROTOBUF, body
-
-
-def _one_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {lines[-1]}" if lines else type(exc).__name__
-

@@ -25,6 +25,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 # Only light modules at import time: `vssnode` builds this parser for every command.
+from vss.errors import one_line
 from vss.server.settings import (
     AUTH_MODES,
     DEFAULT_DB,
@@ -170,9 +171,9 @@ def _run_here(settings: Settings, app: VssApp) -> int:
     except OSError as exc:
         if not bound:
             return _cannot_listen(settings, exc)
-        return _failed(f"stopped: {_one_line(exc)}", exc)
+        return _failed(f"stopped: {one_line(exc)}", exc)
     except Exception as exc:
-        return _failed(f"stopped: {_one_line(exc)}", exc)
+        return _failed(f"stopped: {one_line(exc)}", exc)
     return 0
 
 
@@ -193,7 +194,7 @@ def _run_workers(settings: Settings, app: VssApp) -> int:
     try:
         asyncio.run(_probe_database(app))
     except Exception as exc:
-        return _failed(f"{app.startup_error or _one_line(exc)}; check --db and that the database is up", exc)
+        return _failed(f"{app.startup_error or one_line(exc)}; check --db and that the database is up", exc)
     config = _hypercorn_config(settings)
     config.workers = settings.workers
     config.worker_class = "uvloop" if settings.use_uvloop() else "asyncio"
@@ -262,8 +263,3 @@ def _failed(message: str, exc: BaseException | None = None) -> int:
     if exc is not None and log.isEnabledFor(logging.DEBUG):
         log.debug("the failure in full:", exc_info=exc)
     return 1
-
-
-def _one_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {lines[-1]}" if lines else type(exc).__name__

@@ -1,0 +1,151 @@
+"""The operator's commands through the real CLI: status, verify, clear-fence, --version,
+and the exit codes each promises (0 done, 1 a run-time failure or a difference found,
+2 configuration or cannot run)."""
+
+from __future__ import annotations
+
+import socket
+import time
+
+import anyio
+import httpx
+
+from conftest import free_loopback_port
+from node import crypto
+from node.keys import derive_keys, generate_mnemonic
+from noderun import running_node, vssnode
+from nodeutil import client_for, remote_kv
+from vss.proto.vss_pb2 import KeyValue
+
+
+def _unlock(url: str, mnemonic: str) -> None:
+    assert httpx.post(f"{url}/init", json={"password": "pw", "mnemonic": mnemonic}).status_code == 200
+    assert httpx.post(f"{url}/unlock", json={"password": "pw"}, timeout=60).status_code == 200
+
+
+def _settle(url: str) -> None:
+    deadline = time.monotonic() + 30
+    while httpx.get(f"{url}/vssbackupinfo").json()["pending_kv_writes"]:
+        assert time.monotonic() < deadline, "replication did not settle"
+        time.sleep(0.05)  # poll interval, bounded by the deadline
+
+
+def test_version_prints_the_version():
+    result = vssnode("--version")
+    assert result.returncode == 0 and result.stdout.startswith("vssnode ")
+
+
+def test_status_and_verify_against_a_running_node(tmp_path, vss_server):
+    """status prints one screen and exits 0; verify exits 0 while the backup would restore
+    exactly and 1 once a value on the server was replaced behind the node's back."""
+    mnemonic = generate_mnemonic()
+    keys = derive_keys(mnemonic)
+    with running_node(tmp_path / "n", "--vss-url", vss_server.url) as node:
+        _unlock(node.url, mnemonic)
+        for i in range(5):
+            assert httpx.put(f"{node.url}/kv/k{i}?primary=ns", content=b"v%d" % i).status_code == 204
+        assert httpx.post(f"{node.url}/vssbackup", timeout=60).status_code == 200
+        _settle(node.url)
+        status = vssnode("status", "--node", node.url)
+        assert status.returncode == 0, status.stderr
+        assert "state        running" in status.stdout and "pending      0 keys" in status.stdout
+        assert "restorable" in status.stdout
+        verify = vssnode("verify", "--node", node.url)
+        assert verify.returncode == 0, verify.stdout + verify.stderr
+        assert "0 missing on the server" in verify.stdout and "0 different" in verify.stdout
+
+        async def tamper() -> None:
+            async with client_for(vss_server.url, keys) as client:
+                other = crypto.encrypt_value(keys.signing_key, b"not what the node wrote")
+                await client.put_objects(keys.kv_store_id, [KeyValue(key="ns/_/k3", version=-1, value=other)])
+
+        anyio.run(tamper)
+        verify = vssnode("verify", "--node", node.url)
+        assert verify.returncode == 1 and "1 different" in verify.stdout, verify.stdout + verify.stderr
+
+
+def test_status_and_verify_when_they_cannot_run(tmp_path):
+    nowhere = "http://127.0.0.1:9"  # discard port: nothing answers
+    assert vssnode("status", "--node", nowhere).returncode == 1
+    assert vssnode("verify", "--node", nowhere).returncode == 2
+    with running_node(tmp_path / "off") as node:  # VSS off: verify cannot run
+        result = vssnode("verify", "--node", node.url)
+        assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_clear_fence_offline(tmp_path, vss_server):
+    """The old node's machine is gone: the tool shows whose fence is on the store, clears
+    it only with --yes, and says so when there is none."""
+    mnemonic = generate_mnemonic()
+    words = tmp_path / "mnemonic"
+    words.write_text(mnemonic)
+    args = ("clear-fence", "--vss-url", vss_server.url, "--mnemonic-file", str(words))
+    none = vssnode(*args)
+    assert none.returncode == 0 and "no ownership fence" in none.stdout
+    with running_node(tmp_path / "old", "--vss-url", vss_server.url) as node:
+        _unlock(node.url, mnemonic)
+    shown = vssnode(*args)
+    assert shown.returncode == 1 and "fenced by node instance" in shown.stdout and "--yes" in shown.stdout
+    cleared = vssnode(*args, "--yes")
+    assert cleared.returncode == 0 and "fence cleared" in cleared.stdout
+    assert "no ownership fence" in vssnode(*args).stdout
+    bad = vssnode("clear-fence", "--vss-url", "http://vss.example.com/vss", "--mnemonic-file", str(words))
+    assert bad.returncode == 2 and "plain http" in bad.stderr
+    words.write_text("not a mnemonic at all")
+    assert vssnode(*args).returncode == 2
+
+
+def test_a_remote_durability_write_through_the_process_while_the_server_is_down(tmp_path, spawn_vss_server):
+    """Fault: the VSS server is down. Expected: PUT ?durability=remote answers 504
+    ReplicationTimeout after --remote-write-timeout, the value is committed locally and
+    owed; once a server answers at that URL it lands and the next remote write returns
+    204 at once. An unknown durability is 400, and with VSS off remote is 400."""
+    port = free_loopback_port()
+    url = f"http://127.0.0.1:{port}/vss"
+    mnemonic = generate_mnemonic()
+    keys = derive_keys(mnemonic)
+    with running_node(tmp_path / "n", "--vss-url", url, "--remote-write-timeout", "1") as node:
+        assert httpx.post(f"{node.url}/init", json={"password": "pw", "mnemonic": mnemonic}).status_code == 200
+        assert httpx.post(f"{node.url}/unlock", json={"password": "pw"}, timeout=60).status_code == 502  # restore needs it
+        server = spawn_vss_server("--auth", "sigs", port=port)
+        assert httpx.post(f"{node.url}/unlock", json={"password": "pw"}, timeout=60).status_code == 200
+        server.process.terminate()
+        server.process.wait(timeout=30)
+        late = httpx.put(f"{node.url}/kv/late?primary=ns&durability=remote", content=b"owed", timeout=30)
+        assert late.status_code == 504 and late.json()["name"] == "ReplicationTimeout"
+        assert httpx.get(f"{node.url}/kv/late?primary=ns").content == b"owed"
+        assert httpx.get(f"{node.url}/vssbackupinfo").json()["pending_kv_writes"] == 1
+        spawn_vss_server("--auth", "sigs", port=port, db=f"sqlite:///{tmp_path / 'server-0' / 'vss.sqlite3'}")
+        _settle(node.url)
+        now = httpx.put(f"{node.url}/kv/now?primary=ns&durability=remote", content=b"at once", timeout=30)
+        assert now.status_code == 204
+        bad = httpx.put(f"{node.url}/kv/x?primary=ns&durability=soon", content=b"x")
+        assert bad.status_code == 400 and httpx.get(f"{node.url}/kv/x?primary=ns").status_code == 404
+
+        async def server_copy() -> dict:
+            async with client_for(url, keys) as client:
+                return await remote_kv(client, keys)
+
+        assert anyio.run(server_copy) == {("ns", "", "late"): b"owed", ("ns", "", "now"): b"at once"}
+    with running_node(tmp_path / "off") as plain:
+        assert httpx.post(f"{plain.url}/init", json={"password": "pw", "mnemonic": mnemonic}).status_code == 200
+        assert httpx.post(f"{plain.url}/unlock", json={"password": "pw"}, timeout=60).status_code == 200
+        off = httpx.put(f"{plain.url}/kv/k?durability=remote", content=b"v")
+        assert off.status_code == 400 and off.json()["name"] == "VssNotEnabled"
+
+
+def test_run_time_and_configuration_failures_of_vssnode_run(tmp_path):
+    """A taken port is a run-time failure (1); a data dir of another network is
+    configuration (2). Either way one line, no traceback."""
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        taken = vssnode("run", str(tmp_path / "a"), "--listen", f"127.0.0.1:{port}")
+    assert taken.returncode == 1, taken.stderr
+    assert len(taken.stderr.strip().splitlines()) == 1 and "Traceback" not in taken.stderr
+    with running_node(tmp_path / "b", "--network", "signet") as node:
+        assert httpx.post(f"{node.url}/init", json={"password": "pw", "mnemonic": generate_mnemonic()}).status_code == 200
+    other = vssnode("run", str(tmp_path / "b"), "--network", "mainnet", "--listen", f"127.0.0.1:{free_loopback_port()}")
+    assert other.returncode == 2 and "initialised for signet" in other.stderr
+    assert len(other.stderr.strip().splitlines()) == 1
