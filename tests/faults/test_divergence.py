@@ -238,16 +238,6 @@ async def _state_is(node: NodeProcess, state: str) -> bool:
     return (await node.nodeinfo())["state"] == state
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "DEFECT: POST /vssverify on a diverged node answers 500 InternalError and logs a traceback "
-        "(anyio.BrokenResourceError: Session._on_store_event cancelled the auditor when the guard reported the "
-        "divergence, and Node.verify, which admits a diverged node, sends into its closed inbox). Expected: a "
-        "report (verify is a read) or 409 StoreDiverged, and no traceback. Replay: .venv/bin/python -m pytest "
-        "-m faults tests/faults/test_divergence.py -k diverged_node_asked_to_verify (any seed)"
-    ),
-)
 async def test_a_diverged_node_asked_to_verify(tmp_path, vss_server, report):
     """Fault: A wrote and stopped; B took the store over and wrote; A's fence was
     cleared and A unlocked while its link was down, took a write, and turned

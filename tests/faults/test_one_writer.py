@@ -193,17 +193,6 @@ async def _look_at_fenced(a: NodeProcess, owed: int) -> None:
     assert (await a.get("k1", "alone")).status_code == 200
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "DEFECT: POST /vssverify on a fenced node answers 500 InternalError and logs a traceback "
-        "(anyio.BrokenResourceError from Node.verify: session.audit_inbox.send() into the auditor that "
-        "Session._on_store_event cancelled when the guard reported the fence). Expected: a clean answer — "
-        "a report (verify is a read, and Node.verify admits a fenced node via _readable) or 409 OwnershipLost — "
-        "and no traceback. Replay: .venv/bin/python -m pytest -m faults tests/faults/test_one_writer.py "
-        "-k asked_to_verify (any seed)"
-    ),
-)
 async def test_a_fenced_node_asked_to_verify(tmp_path, vss_server, report):
     """Fault: node A runs; node B takes the store over; A's next write finds it out and
     A is fenced. The operator asks A for a verification (POST /vssverify).
