@@ -107,7 +107,8 @@ class NodeProcess:
         with trio.move_on_after(timeout_s):
             for _ in range(int(timeout_s / _POLL_S) + 1):  # each turn waits at least _POLL_S
                 if self._process.returncode is not None:
-                    raise NodeApiError(f"{self.name} exited with status {self._process.returncode} while starting\n{self.log_tail()}")
+                    status = self._process.returncode
+                    raise NodeApiError(f"{self.name} exited with status {status} while starting\n{self.log_tail()}")
                 try:
                     response = await self._http.get("/nodeinfo", timeout=2.0)
                 except httpx.TransportError:
@@ -235,7 +236,8 @@ class NodeFleet:
     def node(
         self, name: str, vss_url: str | None, *extra_args: str, data_dir: Path | None = None, api_token: str | None = None
     ) -> NodeProcess:
-        proc = NodeProcess(name, data_dir or self.workdir / name, vss_url, self.workdir / "logs", *extra_args, api_token=api_token)
+        logs = self.workdir / "logs"
+        proc = NodeProcess(name, data_dir or self.workdir / name, vss_url, logs, *extra_args, api_token=api_token)
         self.nodes.append(proc)
         return proc
 

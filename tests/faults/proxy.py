@@ -101,7 +101,7 @@ _HOP_BY_HOP = frozenset(
 _GARBAGE_PREFIX = b"<html>fault-proxy garbage</html>"
 
 
-class Fault(str, enum.Enum):
+class Fault(enum.StrEnum):
     """The kinds of fault, as named in `counts`."""
 
     REFUSE = "refuse"  # connection closed (reset) right after accept
@@ -506,8 +506,10 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m tests.faults.proxy",
         description="A fault-injecting HTTP/1.1 proxy on loopback (latency, resets, 500s, ...).",
     )
-    parser.add_argument("--listen", required=True, metavar="HOST:PORT", help="loopback address to listen on (port 0: any free port)")
-    parser.add_argument("--upstream", required=True, metavar="URL", help="http://HOST:PORT of the server to forward to (loopback)")
+    parser.add_argument("--listen", required=True, metavar="HOST:PORT",
+                        help="loopback address to listen on (port 0: any free port)")
+    parser.add_argument("--upstream", required=True, metavar="URL",
+                        help="http://HOST:PORT of the server to forward to (loopback)")
     parser.add_argument("--latency-ms", type=float, default=0.0, help="added to every request (default 0)")
     parser.add_argument("--jitter-ms", type=float, default=0.0, help="plus a uniform random 0..J ms per request (default 0)")
     parser.add_argument("--seed", type=int, default=0, help="seed of every random choice (default 0)")

@@ -53,7 +53,8 @@ def _node_rows() -> list[Row]:
         Row("init: JSON sent as text/plain", "POST", "/init", 415, "UnsupportedMediaType",
             {"content": b'{"password": "p"}', "headers": {"Content-Type": "text/plain"}}),
         Row("init: JSON but not an object", "POST", "/init", 400, "InvalidRequest", {"json": ["password"]}),
-        Row("init: mnemonic of the wrong type", "POST", "/init", 400, "InvalidRequest", {"json": {"password": "p", "mnemonic": 12}}),
+        Row("init: mnemonic of the wrong type", "POST", "/init", 400, "InvalidRequest",
+            {"json": {"password": "p", "mnemonic": 12}}),
         Row("unlock: body is not JSON", "POST", "/unlock", 400, "InvalidRequest", {"content": b"password", "headers": JSON}),
         Row("unlock: no Content-Type", "POST", "/unlock", 415, "UnsupportedMediaType", {"content": b'{"password": "p"}'}),
         Row("unlock while running", "POST", "/unlock", 409, "NodeNotLocked", {"json": {"password": 5}}),
@@ -63,9 +64,12 @@ def _node_rows() -> list[Row]:
         Row("durability of an unknown kind", "PUT", "/kv/k", 400, "InvalidRequest",
             {"params": {**ns, "durability": "eventually"}, "content": b"x"}),
         Row("namespace exactly _", "PUT", "/kv/k", 400, "InvalidNamespace", {"params": {"primary": "_"}, "content": b"x"}),
-        Row("secondary without primary", "PUT", "/kv/k", 400, "InvalidNamespace", {"params": {"secondary": "s"}, "content": b"x"}),
-        Row("namespace outside the alphabet", "PUT", "/kv/k", 400, "InvalidNamespace", {"params": {"primary": "a.b"}, "content": b"x"}),
-        Row("namespace of 121 characters", "PUT", "/kv/k", 400, "InvalidNamespace", {"params": {"primary": "p" * 121}, "content": b"x"}),
+        Row("secondary without primary", "PUT", "/kv/k", 400, "InvalidNamespace",
+            {"params": {"secondary": "s"}, "content": b"x"}),
+        Row("namespace outside the alphabet", "PUT", "/kv/k", 400, "InvalidNamespace",
+            {"params": {"primary": "a.b"}, "content": b"x"}),
+        Row("namespace of 121 characters", "PUT", "/kv/k", 400, "InvalidNamespace",
+            {"params": {"primary": "p" * 121}, "content": b"x"}),
         Row("key outside the alphabet", "PUT", "/kv/bad.key", 400, "InvalidKey", {"params": ns, "content": b"x"}),
         Row("key of 121 characters", "PUT", "/kv/" + "k" * 121, 400, "InvalidKey", {"params": ns, "content": b"x"}),
         Row("delete in namespace _", "DELETE", "/kv/k", 400, "InvalidNamespace", {"params": {"primary": "_"}}),
@@ -165,14 +169,16 @@ def _vss_rows(signing_key: bytes, store_id: str) -> list[Row]:
 
     one_item = put(store_id=store_id, transaction_items=[vss_pb2.KeyValue(key="k", version=-1, value=b"v")])
     return [
-        Row("putObjects: garbage body", "POST", "/vss/putObjects", 400, kwargs={"content": b"\xff\xff\xff\xff\xff"}, auth=good_auth),
+        Row("putObjects: garbage body", "POST", "/vss/putObjects", 400, kwargs={"content": b"\xff\xff\xff\xff\xff"},
+            auth=good_auth),
         Row("getObject: garbage body", "POST", "/vss/getObject", 400, kwargs={"content": b"\x0f\x00garbage"}, auth=good_auth),
         Row("listKeyVersions: bad page token", "POST", "/vss/listKeyVersions", 400,
             kwargs=body(vss_pb2.ListKeyVersionsRequest(store_id=store_id, page_token="not-a-token")), auth=good_auth),
         Row("deleteObject without key_value", "POST", "/vss/deleteObject", 400,
             kwargs=body(vss_pb2.DeleteObjectRequest(store_id=store_id)), auth=good_auth),
         Row("putObjects: 1001 items", "POST", "/vss/putObjects", 400, kwargs=body(
-            put(store_id=store_id, transaction_items=[vss_pb2.KeyValue(key=f"k{i}", version=-1, value=b"") for i in range(1001)])),
+            put(store_id=store_id,
+                transaction_items=[vss_pb2.KeyValue(key=f"k{i}", version=-1, value=b"") for i in range(1001)])),
             auth=good_auth),
         Row("putObjects: key of 601 characters", "POST", "/vss/putObjects", 400, kwargs=body(
             put(store_id=store_id, transaction_items=[vss_pb2.KeyValue(key="k" * 601, version=-1, value=b"v")])), auth=good_auth),
@@ -181,7 +187,8 @@ def _vss_rows(signing_key: bytes, store_id: str) -> list[Row]:
         Row("putObjects: the same key twice", "POST", "/vss/putObjects", 400, kwargs=body(
             put(store_id=store_id, transaction_items=[vss_pb2.KeyValue(key="k", version=-1, value=b"v")] * 2)), auth=good_auth),
         Row("putObjects: body over the server's limit", "POST", "/vss/putObjects", 413, kwargs=body(
-            put(store_id=store_id, transaction_items=[vss_pb2.KeyValue(key="k", version=-1, value=b"v" * (SERVER_MAX_BODY + 1))])),
+            put(store_id=store_id,
+                transaction_items=[vss_pb2.KeyValue(key="k", version=-1, value=b"v" * (SERVER_MAX_BODY + 1))])),
             auth=good_auth),
         Row("GET instead of POST", "GET", "/vss/getObject", 400, auth=good_auth),
         Row("PUT instead of POST", "PUT", "/vss/putObjects", 400, kwargs=body(one_item), auth=good_auth),

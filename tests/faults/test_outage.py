@@ -163,7 +163,8 @@ async def test_replication_resumes_while_writes_continue(tmp_path, vss_server, r
                 await proxy.go_up()
                 back = trio.current_time()
                 try:
-                    await wait_for(lambda: _batches_above(node, batches), timeout=RESUME_TIMEOUT_S, what="replication to resume during writes")
+                    await wait_for(lambda: _batches_above(node, batches), timeout=RESUME_TIMEOUT_S,
+                                   what="replication to resume during writes")
                     resumed_after.append(trio.current_time() - back)
                 finally:
                     stop.set()
@@ -171,7 +172,8 @@ async def test_replication_resumes_while_writes_continue(tmp_path, vss_server, r
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(watch)
                 nursery.start_soon(
-                    lambda: write_steadily(node, ledger, random.Random(rng.randrange(2**32)), stop=stop, max_writes=100_000, pause_s=0.02)
+                    lambda: write_steadily(node, ledger, random.Random(rng.randrange(2**32)), stop=stop, max_writes=100_000,
+                                           pause_s=0.02)
                 )
             await wait_for(lambda: _pending_is(node, 0), timeout=RECOVERY_TIMEOUT_S, what="catch-up")
             await node.lock()

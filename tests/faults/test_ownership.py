@@ -164,18 +164,20 @@ async def test_two_nodes_racing_to_unlock(tmp_path, vss_server, report):
                 go = trio.Event()
                 parked = 0
 
+                # The closures below run and end within this iteration (the nursery waits
+                # for them), so the loop variables they use are this race's.
                 async def unlock(node, side: str) -> None:
                     nonlocal parked
                     parked += 1
-                    await go.wait()
+                    await go.wait()  # noqa: B023
                     started = trio.current_time()
-                    answers[side] = await node.try_unlock(PASSWORD)
-                    spans[side] = (started, trio.current_time())
+                    answers[side] = await node.try_unlock(PASSWORD)  # noqa: B023
+                    spans[side] = (started, trio.current_time())  # noqa: B023
 
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(unlock, pair[0], "first")
                     nursery.start_soon(unlock, pair[1], "second")
-                    await wait_for(lambda: parked == 2, timeout=10, what="both unlocks ready")
+                    await wait_for(lambda: parked == 2, timeout=10, what="both unlocks ready")  # noqa: B023
                     go.set()
                 # the race happened: both unlocks were under way at the same time
                 assert max(s for s, _ in spans.values()) < min(e for _, e in spans.values()), spans

@@ -95,7 +95,8 @@ async def test_restore_refuses_bad_kv_values(tmp_path, vss_server, report):
                 before = await _key_versions(vss_server.url, keys, keys.kv_store_id)
                 answer = await node.try_unlock(PASSWORD)
                 body = answer.json()
-                assert answer.status_code == 502 and body["name"] == "RestoreFailed", f"{name}: {answer.status_code} {answer.text}"
+                assert answer.status_code == 502 and body["name"] == "RestoreFailed", \
+                    f"{name}: {answer.status_code} {answer.text}"
                 assert bad_key in body["error"] and "wrong mnemonic or corrupted" in body["error"], f"{name}: {body['error']}"
                 assert (await node.nodeinfo())["state"] == "locked", name
                 assert (await node.request("GET", "/kv/k0001", params={"primary": "refuse"})).status_code == 409
@@ -173,7 +174,8 @@ async def test_restore_refuses_truncated_wallet_chunks(tmp_path, vss_server, rep
                     await client.put_objects(store_id, [KeyValue(key=chunk, version=-1, value=original[: len(original) // 2])])
                     answer = await b.try_unlock(PASSWORD)
                     body = answer.json()
-                    assert answer.status_code == 502 and body["name"] == "RestoreFailed", f"{chunk}: {answer.status_code} {answer.text}"
+                    assert answer.status_code == 502 and body["name"] == "RestoreFailed", \
+                        f"{chunk}: {answer.status_code} {answer.text}"
                     assert "wallet backup" in body["error"], body["error"]
                     assert (await b.nodeinfo())["state"] == "locked"
                     assert not (b.data_dir / "wallet" / keys.fingerprint).exists(), f"{chunk}: a wallet directory appeared"
@@ -183,7 +185,8 @@ async def test_restore_refuses_truncated_wallet_chunks(tmp_path, vss_server, rep
             assert await _wallet_files(b) == wallet
             await b.lock()
             assert_same(await server_copy(vss_server.url, keys), local_copy(b.data_dir), "after the repair")
-            report.set(wallet_bytes=sum(map(len, wallet.values())), wallet_chunks=len(chunks), backup_version=version, refused_unlocks=refusals)
+            report.set(wallet_bytes=sum(map(len, wallet.values())), wallet_chunks=len(chunks), backup_version=version,
+                       refused_unlocks=refusals)
 
 
 async def test_unlock_refused_for_the_wallet_writes_no_kv_state(tmp_path, vss_server, report):
@@ -202,7 +205,8 @@ async def test_unlock_refused_for_the_wallet_writes_no_kv_state(tmp_path, vss_se
             await _backed_up_wallet(fleet, vss_server.url, mnemonic, rng)
             async with client_for(vss_server.url, keys) as client:
                 original = (await client.get_object(keys.wallet_store_id, "backup/chunk/1")).value
-                await client.put_objects(keys.wallet_store_id, [KeyValue(key="backup/chunk/1", version=-1, value=original[:1000])])
+                cut = KeyValue(key="backup/chunk/1", version=-1, value=original[:1000])
+                await client.put_objects(keys.wallet_store_id, [cut])
             b = await _new_device(fleet, vss_server.url, mnemonic)
             answer = await b.try_unlock(PASSWORD)
             assert answer.status_code == 502 and answer.json()["name"] == "RestoreFailed", answer.text

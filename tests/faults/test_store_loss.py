@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 import trio
-from conftest import stop_vss_server
 
 from actors.ownership_guard import FENCE_KEY
+from conftest import stop_vss_server
 from node import kv_keys
 from node.keys import NodeKeys, derive_keys, generate_mnemonic
 from node.store import Triple

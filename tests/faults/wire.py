@@ -70,7 +70,9 @@ async def send_head(
     await stream.send_all(head_bytes(conn, status, headers, length, last))
 
 
-async def respond(conn: h11.Connection, stream: trio.SocketStream, status: int, body: bytes, content_type: bytes, last: bool) -> None:
+async def respond(
+    conn: h11.Connection, stream: trio.SocketStream, status: int, body: bytes, content_type: bytes, last: bool
+) -> None:
     await send_head(conn, stream, status, [(b"content-type", content_type)], len(body), last)
     await stream.send_all(conn.send(h11.Data(data=body)))
     await stream.send_all(conn.send(h11.EndOfMessage()))
