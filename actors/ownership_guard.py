@@ -343,7 +343,22 @@ class OwnershipGuard:
         raise FenceLost(f"the {fence.kind.value} store was taken over by another node")
 
     async def _refill(self, fence: _Fence) -> None:
-        """The server lost the store: take it again and owe it everything."""
+        """The server lost the store: take it again and owe it everything. A server that
+        lost one store has usually lost both: the other is looked at too, so a wipe found
+        by either stream refills both (or one wallet write would leave the KV store
+        empty on the server until the next KV write)."""
+        async with self._acquiring:
+            await self._take_again(fence)
+            other = self._fences[StoreKind.WALLET if fence.kind is StoreKind.KV else StoreKind.KV]
+            if other.token is not None and await self._is_empty(other):
+                await self._take_again(other)
+
+    async def _is_empty(self, fence: _Fence) -> bool:
+        version = await self._port.get_global_version(fence.store_id)  # first, as always
+        owner, _ = await read_fence(self._port, fence.store_id)
+        return version == 0 and owner is None
+
+    async def _take_again(self, fence: _Fence) -> None:
         log.error("!" * 72)
         log.error("THE VSS SERVER LOST THE %s STORE %s (empty, no fence): taking it again and re-sending everything",
                   fence.kind.value.upper(), fence.store_id)
@@ -359,7 +374,8 @@ class OwnershipGuard:
         self._metrics.store_resets.inc()
         if fence.kind is StoreKind.KV:
             await self._writer.send(OweAll())
-        await self._wallet_keeper.send(OweWallet())
+        else:
+            await self._wallet_keeper.send(OweWallet())
 
     async def _acquire_later(self) -> None:
         """The server was down at unlock: acquire both stores now, with the same checks."""

@@ -117,8 +117,9 @@ async def test_the_old_owner_lands_no_wallet_piece_after_a_takeover(autojump_clo
 @pytest.mark.trio
 async def test_a_wiped_server_is_taken_again_and_everything_owed(autojump_clock):
     """Fault: the server loses all its data while the node runs. Expected: the next
-    write re-takes the empty store (no takeover can produce an empty one), lands, asks
-    for every local key and the wallet to be owed again, and counts it; not fenced."""
+    write re-takes the empty store (no takeover can produce an empty one), lands, finds
+    the wallet store empty too and takes it again, asks for every local key and the
+    wallet to be owed again, and counts both; not fenced."""
     server = FakeVssServer()
     a = GuardUnderTest(server.port(), "node-a")
     await take_both(a)
@@ -130,7 +131,8 @@ async def test_a_wiped_server_is_taken_again_and_everything_owed(autojump_clock)
         assert token == 2  # acquire (0 -> 1) and this write (1 -> 2) on the new store
         assert fence_owner(server) == b"node-a" and "_/_/k2" in server.values(keys().kv_store_id)
         assert a.owe_all == 1 and a.owe_wallet == 1 and a.events == []
-        assert a.guard.status.store_resets == 1 and a.metrics.value("store_resets_total") == 1
+        assert a.guard.status.store_resets == 2 and a.metrics.value("store_resets_total") == 2
+        assert server.values(keys().wallet_store_id)[FENCE_KEY] == b"node-a"
         assert a.records[-1] == (KV, 2)
         tg.cancel_scope.cancel()
 
@@ -255,4 +257,27 @@ async def test_a_divergence_found_later_stops_both_streams(autojump_clock):
             await a.put(WALLET, [item("backup/x")])
         assert [type(e.reason) for e in a.events] == [StoreDivergedError]
         assert fence_owner(server) is None and "_/_/a" not in server.values(keys().kv_store_id)
+        tg.cancel_scope.cancel()
+
+
+@pytest.mark.trio
+async def test_a_wipe_found_by_the_wallet_stream_refills_the_kv_store_too(autojump_clock):
+    """Fault: the server loses its data and the first write after it is a wallet write.
+    Expected: the KV store is found empty too and owed again at once (before, only the
+    wallet was, and the KV keys waited for the next KV write or the 6-hour audit)."""
+    server = FakeVssServer()
+    a = GuardUnderTest(server.port(), "node-a")
+    await take_both(a)
+    async with anyio.create_task_group() as tg:
+        a.start(tg)
+        await a.put(KV, [item("_/_/k")])
+        server.wipe()
+        with pytest.raises(ConflictError):  # the uploader re-reads its versions and tries again
+            await a.put(WALLET, [KeyValue(key="backup/manifest", version=3, value=b"m")])
+        with anyio.fail_after(10):
+            while a.owe_all == 0:  # the stand-in writer takes it in its own time
+                await anyio.sleep(0.01)
+        assert a.owe_all == 1 and a.owe_wallet == 1 and a.guard.status.store_resets == 2
+        assert fence_owner(server) == b"node-a"
+        await a.put(KV, [item("_/_/k")])  # and the KV stream writes on with its new token
         tg.cancel_scope.cancel()

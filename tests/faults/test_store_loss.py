@@ -208,18 +208,6 @@ async def test_server_wiped_while_the_node_is_stopped(tmp_path, spawn_vss_server
 KV_REFILL_WITHIN_S = 20
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "DEFECT: a server wipe found through the wallet stream refills only the wallet store. "
-        "OwnershipGuard._refill() sends OweAll() only when the emptied store is the KV one, so after a wallet "
-        "write finds the empty server the KV store stays empty there (0 of 200 keys) while /vssbackupinfo says "
-        "pending_kv_writes 0 and the log says 're-sending everything'; it is re-sent only at the next KV write "
-        "or the auditor's pass (default every 6 h). Expected: an emptied wallet store also owes the KV store "
-        "(or checks it). Replay: .venv/bin/python -m pytest -m faults "
-        "tests/faults/test_store_loss.py -k found_by_the_wallet (any seed)"
-    ),
-)
 async def test_server_wiped_while_running_found_by_the_wallet_stream(tmp_path, spawn_vss_server, report):
     """Fault: as in the wipe above, but the node's verification pass keeps its default
     (every 6 hours, so it does not run), and the first write after the wipe is a
