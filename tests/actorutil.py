@@ -36,8 +36,6 @@ import pytest
 import trio
 from anyio.abc import TaskGroup
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
-from fakevss import FakePort, FakeVssServer
-from guardutil import keys
 from trio.testing import MockClock
 
 from actors.local_writer import LocalWriter
@@ -59,6 +57,8 @@ from actors.retry_queue import RetryQueue
 from actors.wallet_keeper import WalletKeeper
 from actors.wallet_restorer import restore_wallet
 from actors.wallet_upload import WalletUploader
+from fakevss import FakePort, FakeVssServer
+from guardutil import keys
 from node import crypto, kv_keys, wallet_files
 from node.keys import NodeKeys
 from node.store import LocalChange, LocalStore, Triple

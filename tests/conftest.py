@@ -172,7 +172,7 @@ def postgres_dsn() -> str:
         try:
             _probe_postgres(dsn)
             return dsn
-        except (OSError, asyncio.TimeoutError, asyncpg.CannotConnectNowError) as exc:
+        except (TimeoutError, OSError, asyncpg.CannotConnectNowError) as exc:
             refused.append(f"{dsn}: {exc!r}")
         except asyncpg.InvalidAuthorizationSpecificationError as exc:
             # The server answers but does not know this role: try the next candidate.

@@ -3,19 +3,18 @@ a checker that compares the server's copy (decrypted) with the node's local stor
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-
-import os
 from pathlib import Path
 
 import anyio
 import httpx
 
-from actors.ownership_guard import FENCE_KEY
 from actors import Node
-from node.config import NodeConfig
+from actors.ownership_guard import FENCE_KEY
 from node import crypto, kv_keys
+from node.config import NodeConfig
 from node.keys import NodeKeys
 from node.store import Triple
 from vss.client import SignatureAuth, VssClient

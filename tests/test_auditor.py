@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import anyio
 import pytest
-from actorutil import KvRig, commit_directly, eventually, markers, remote_kv, seed_kv, stream, thread_aware_clock, vss_key
-from guardutil import keys
 
 from actors.auditor import RETRY_AFTER_FAILURE_S, AuditNow, Auditor
 from actors.messages import CheckRemote, Reply
+from actorutil import KvRig, commit_directly, eventually, markers, remote_kv, seed_kv, stream, thread_aware_clock, vss_key
+from guardutil import keys
 from node.wallet_files import WalletHome
 from vss.errors import VssUnavailableError
 from vss.proto.vss_pb2 import KeyValue

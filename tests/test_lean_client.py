@@ -10,6 +10,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+
 from conftest import RunningVssServer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))

@@ -19,7 +19,6 @@ from pathlib import Path
 import anyio
 import pytest
 import trio.testing
-from actorutil import commit_directly, markers, stream, t, thread_aware_clock
 
 from actors.local_writer import LocalWriter
 from actors.messages import (
@@ -35,6 +34,7 @@ from actors.messages import (
 )
 from actors.metrics import NodeMetrics
 from actors.ownership_guard import recorded_versions
+from actorutil import commit_directly, markers, stream, t, thread_aware_clock
 from node.errors import NodeLocked
 from node.store import LocalChange, LocalStore, Triple
 

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from vssnode.http_api import create_app
 from node.config import NodeConfig
 from node.mnemonic_vault import FAST_LIMITS
 from nodeutil import MNEMONIC_A
+from vssnode.http_api import create_app
 
 pytestmark = pytest.mark.anyio
 
@@ -187,8 +187,8 @@ async def test_metrics_and_openapi(tmp_path):
 
 
 async def test_network_mismatch_is_refused(tmp_path):
-    from node.config import ConfigError
     from actors import Node
+    from node.config import ConfigError
 
     async with Node.open(NodeConfig(data_dir=tmp_path / "n", network="regtest", vault_limits=FAST_LIMITS)) as node:
         await node.init("pw", MNEMONIC_A)

@@ -13,11 +13,11 @@ import pytest
 from actors import Node, NodeState
 from node import crypto, errors
 from node.config import NodeConfig
-from node.mnemonic_vault import FAST_LIMITS
 from node.keys import derive_keys, generate_mnemonic
+from node.mnemonic_vault import FAST_LIMITS
+from nodeutil import SwitchableTransport, client_for, remote_kv, unlocked_node, wait_for
 from vss.errors import NoSuchKeyError
 from vss.proto.vss_pb2 import KeyValue
-from nodeutil import SwitchableTransport, client_for, remote_kv, unlocked_node, wait_for
 
 pytestmark = pytest.mark.anyio
 PASSWORD = "correct horse"

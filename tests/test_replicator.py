@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import anyio
 import pytest
-from actorutil import KvRig, eventually, markers, none_within, remote_kv, t, thread_aware_clock
 
 from actors.messages import Deferred, KeysChanged, ReplicationStopped, RetryBatch, SendNow, Succeeded
 from actors.ownership_guard import FenceLost
 from actors.replicator import BATCH_WINDOW_S, REJECTED_RETRY_S
+from actorutil import KvRig, eventually, markers, none_within, remote_kv, t, thread_aware_clock
 from node import errors
 
 

@@ -16,14 +16,14 @@ from dataclasses import replace
 
 import anyio
 import pytest
-from actorutil import markers, seed_kv, thread_aware_clock, vss_key
-from fakevss import PAGE, FakeVssServer
-from guardutil import keys
 
 import actors.wallet_restorer
 from actors.ownership_guard import FENCE_KEY
 from actors.restorer import RETRY_ATTEMPTS, RETRY_BACKOFF, RestoreStatus, restore_kv
 from actors.wallet_restorer import restore_wallet
+from actorutil import markers, seed_kv, thread_aware_clock, vss_key
+from fakevss import PAGE, FakeVssServer
+from guardutil import keys
 from node import errors
 from node.store import LocalStore
 from node.wallet_files import WalletHome

@@ -14,11 +14,11 @@ import re
 
 import anyio
 import pytest
-from actorutil import KvRig, commit_directly, eventually, markers, none_within, stream, t, thread_aware_clock
 
 from actors.messages import Deferred, ReplicationStopped, Rescan, RetryBatch, Succeeded
 from actors.metrics import NodeMetrics
 from actors.retry_queue import DEFAULT_BACKOFF, SWEEP_INTERVAL_S, RetryQueue
+from actorutil import KvRig, commit_directly, eventually, markers, none_within, stream, t, thread_aware_clock
 from node.store import LocalStore, Triple
 
 FAILING_LINE = "VSS writes are failing"

@@ -15,8 +15,8 @@ import pytest
 import trustme
 from anyio.abc import ByteStream, SocketAttribute
 from anyio.streams.tls import TLSListener
-from conftest import RunningVssServer
 
+from conftest import RunningVssServer
 from vss.client import DEFAULT_MAX_RESPONSE_BYTES, RetryPolicy, SignatureAuth, VssClient
 from vss.errors import InternalServerError, NoSuchKeyError, VssUnavailableError
 from vss.proto import vss_pb2

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 
 import anyio
 import pytest
-from asgiutil import serving
 
+from asgiutil import serving
 from vss.auth import sign_header
 from vss.errors import ConflictError, InvalidRequestError
 from vss.proto import vss_pb2 as pb

@@ -11,11 +11,11 @@ import time
 
 import jwt
 import pytest
-from asgiutil import serving
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 import vss.auth
+from asgiutil import serving
 from vss.auth import MAX_CLOCK_SKEW_S, sign_header
 from vss.errors import AuthError
 from vss.proto import vss_pb2 as pb

@@ -15,8 +15,8 @@ import uuid
 
 import httpx
 import pytest
-from asgiutil import serving
 
+from asgiutil import serving
 from vss.auth import sign_header
 from vss.proto import vss_pb2 as pb
 from vss.serve import parse_listen

@@ -12,12 +12,12 @@ import os
 
 import anyio
 import pytest
-from actorutil import WalletRig, eventually, none_within, thread_aware_clock
-from guardutil import keys
 
 import actors.wallet_upload
 from actors.messages import BackupNow, OweWallet, StoreKind
 from actors.ownership_guard import FenceLost
+from actorutil import WalletRig, eventually, none_within, thread_aware_clock
+from guardutil import keys
 from node import errors, wallet_files
 from node.wallet_files import BACKUP_REQUIRED, REMOTE_INCOMPLETE, REMOTE_UNREADABLE
 from node.wallet_format import MANIFEST_KEY

@@ -18,14 +18,13 @@ import anyio
 import httpx
 import pytest
 
-from vssnode.http_api import create_app
-from actors import Node, NodeState, WalletFile
-from actors import wallet_upload
-from actors.wallet_restorer import DEFAULT_CONCURRENCY, restore_wallet
+from actors import Node, NodeState, WalletFile, wallet_upload
+from actors.wallet_restorer import DEFAULT_CONCURRENCY
 from node import crypto, errors
 from node.config import NodeConfig
-from node.mnemonic_vault import FAST_LIMITS
 from node.keys import NodeKeys, derive_keys, generate_mnemonic
+from node.mnemonic_vault import FAST_LIMITS
+from node.wallet_files import WalletHome
 from node.wallet_format import (
     CHUNK_KEY_PREFIX,
     DATA_KEY,
@@ -36,10 +35,10 @@ from node.wallet_format import (
     parse_manifest,
     parse_metadata,
 )
-from walletutil import restore_backup
-from node.wallet_files import WalletHome
-from vss.proto import vss_pb2
 from nodeutil import SwitchableTransport, client_for, snapshot, unlocked_node, wait_for
+from vss.proto import vss_pb2
+from vssnode.http_api import create_app
+from walletutil import restore_backup
 
 pytestmark = pytest.mark.anyio
 PASSWORD = "correct horse"
