@@ -390,9 +390,10 @@ def _figure(compared: list[Compared], large: Compared, trip: RoundTrip, populate
     fig.ratio(f"{large_tag}: node keys/s / lean keys/s", ratio(big.keys_per_s, large.lean[0].keys_per_s), GOAL_LEAN_RATIO,
               at_least=True)
     fig.ratio(f"{large_tag}: node keys/s / {GOAL_KEYS_PER_S:,}", big.keys_per_s / GOAL_KEYS_PER_S, 1.0, at_least=True)
-    scaled = "" if large.store.count == 100_000 else f", {big.seconds:.1f} s scaled to 100,000 keys"
+    scaled_s = big.seconds * (100_000 / large.store.count)
+    scaled = "" if large.store.count == 100_000 else f" for {large.store.count:,} keys, {scaled_s:.1f} s scaled to 100,000"
     fig.ratio(f"{large_tag}: node restore time of 100,000 keys / {GOAL_LARGE_S:g} s ({big.seconds:.1f} s{scaled})",
-              big.seconds * (100_000 / large.store.count) / GOAL_LARGE_S, 1.0)
+              scaled_s / GOAL_LARGE_S, 1.0)
     bound = restorer.DEFAULT_CONCURRENCY / (trip.latency_ms / 1000)
     fig.add(f"SQLite, +{trip.latency_ms:g} ms per request", f"{trip.store.count:,}", 1, f"{trip.run.keys_per_s:,.0f}",
             "", "", f"{trip.run.cpu_ms:.3f}", "", f"{trip.run.server_cpu_ms:.3f} / ", f"{trip.run.seconds:.1f} "
