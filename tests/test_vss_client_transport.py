@@ -15,8 +15,8 @@ import pytest
 import trustme
 from anyio.abc import ByteStream, SocketAttribute
 from anyio.streams.tls import TLSListener
-from conftest import RunningVssServer
 
+from conftest import RunningVssServer
 from vss.client import DEFAULT_MAX_RESPONSE_BYTES, RetryPolicy, SignatureAuth, VssClient
 from vss.errors import InternalServerError, NoSuchKeyError, VssUnavailableError
 from vss.proto import vss_pb2
@@ -397,3 +397,126 @@ async def test_aiohttp_errors_are_unavailable_under_a_callers_transport_too() ->
                 with pytest.raises(VssUnavailableError, match="could not reach"):
                     await client.get_object("s", "k")
             assert client.http_engine == "caller's transport"
+
+
+# ------------------------------------------------------- getObject's bare aiohttp path
+
+
+class Recorder:
+    """A stub server's handler: keep-alive, answering the queued (status, body) pairs in
+    turn (the last one from then on), recording each request's head and body."""
+
+    def __init__(self, *answers: tuple[int, bytes]) -> None:
+        self.answers = list(answers)
+        self.requests: list[tuple[dict[str, str], bytes]] = []
+        self.connections = 0
+
+    async def __call__(self, stream: ByteStream) -> None:
+        self.connections += 1
+        buffer = b""
+        while True:
+            while b"\r\n\r\n" not in buffer:
+                buffer += await stream.receive()
+            head, _, buffer = buffer.partition(b"\r\n\r\n")
+            lines = head.decode().split("\r\n")
+            headers = {name.strip().lower(): value.strip() for name, _, value in (line.partition(":") for line in lines[1:])}
+            length = int(headers.get("content-length", "0"))
+            while len(buffer) < length:
+                buffer += await stream.receive()
+            body, buffer = buffer[:length], buffer[length:]
+            self.requests.append(({"request-line": lines[0], **headers}, body))
+            status, answer = self.answers.pop(0) if len(self.answers) > 1 else self.answers[0]
+            await stream.send(
+                f"HTTP/1.1 {status} X\r\nContent-Type: application/octet-stream\r\nContent-Length: {len(answer)}\r\n\r\n"
+                .encode() + answer
+            )
+
+
+def value_answer(stored: vss_pb2.KeyValue) -> tuple[int, bytes]:
+    return 200, vss_pb2.GetObjectResponse(value=stored).SerializeToString()
+
+
+@pytest.mark.anyio
+async def test_get_object_sends_what_every_other_call_sends(anyio_backend: str) -> None:
+    # getObject goes bare on asyncio's own engine, putObjects through httpx: the server
+    # must not be able to tell them apart by their headers.
+    recorder = Recorder(value_answer(STORED), (200, vss_pb2.PutObjectResponse().SerializeToString()))
+    async with stub_server(recorder) as url:
+        async with VssClient(url, SignatureAuth(SIGNING_KEY), retry=ONCE) as client:
+            with anyio.fail_after(STUB_TIMEOUT_S):
+                assert await client.get_object("s", "k") == STORED
+                await client.put_objects("s", [vss_pb2.KeyValue(key="k", version=-1, value=b"v")])
+            bare = client._connections.bare()
+            assert (bare is not None) == (anyio_backend == "asyncio")
+    (get_headers, get_body), (put_headers, _) = recorder.requests
+    assert get_body == vss_pb2.GetObjectRequest(store_id="s", key="k").SerializeToString()
+    assert get_headers["request-line"] == "POST /vss/getObject HTTP/1.1"
+    for name in ("content-type", "user-agent", "accept-encoding", "host"):
+        assert get_headers[name] == put_headers[name], name
+    assert get_headers["content-type"] == "application/octet-stream"
+    assert get_headers["accept-encoding"] == "identity"
+    assert get_headers["authorization"] == put_headers["authorization"]  # one signature, reused
+    assert len(get_headers["authorization"]) > 100
+    if anyio_backend == "asyncio":
+        assert recorder.connections == 1  # the bare path and httpx's share the session's connections
+
+
+@pytest.mark.anyio
+async def test_get_object_with_credentials_in_the_url_sends_basic_auth(anyio_backend: str) -> None:
+    recorder = Recorder(value_answer(STORED))
+    async with stub_server(recorder) as url:
+        with_user = url.replace("http://", "http://alice:secret@")
+        async with VssClient(with_user, SignatureAuth(SIGNING_KEY), retry=ONCE) as client:
+            with anyio.fail_after(STUB_TIMEOUT_S):
+                assert await client.get_object("s", "k") == STORED
+    headers, _ = recorder.requests[0]
+    assert headers["authorization"] == "Basic YWxpY2U6c2VjcmV0"
+    assert "alice" not in headers["request-line"]
+
+
+@pytest.mark.anyio
+async def test_get_object_errors_are_typed_and_retried_as_on_every_path(anyio_backend: str) -> None:
+    error = vss_pb2.ErrorResponse(error_code=vss_pb2.INTERNAL_SERVER_EXCEPTION, message="try again")
+    recorder = Recorder((500, error.SerializeToString()), (200, b"\xff not a protobuf"), value_answer(STORED))
+    retry = RetryPolicy(attempts=3, base_delay_s=0.0, max_total_s=0.0)
+    async with stub_server(recorder) as url:
+        async with VssClient(url, retry=retry) as client:
+            with anyio.fail_after(STUB_TIMEOUT_S):
+                assert await client.get_object("s", "k") == STORED
+    assert len(recorder.requests) == 3
+    missing = vss_pb2.ErrorResponse(error_code=vss_pb2.NO_SUCH_KEY_EXCEPTION, message="no k")
+    recorder = Recorder((404, missing.SerializeToString()))
+    async with stub_server(recorder) as url:
+        async with VssClient(url, retry=retry) as client:
+            with anyio.fail_after(STUB_TIMEOUT_S):
+                with pytest.raises(NoSuchKeyError):
+                    await client.get_object("s", "k")
+    assert len(recorder.requests) == 1  # final: not retried
+
+
+@pytest.mark.anyio
+async def test_get_object_times_out_as_unavailable(anyio_backend: str) -> None:
+    async def silent(stream: ByteStream) -> None:
+        await read_request(stream)
+        await anyio.sleep(STUB_TIMEOUT_S)
+
+    async with stub_server(silent) as url:
+        async with VssClient(url, retry=ONCE, timeout_s=0.2) as client:
+            with anyio.fail_after(STUB_TIMEOUT_S):
+                with pytest.raises(VssUnavailableError, match="could not reach"):
+                    await client.get_object("s", "k")
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+@pytest.mark.anyio
+async def test_a_callers_transport_sees_every_get_object() -> None:
+    seen: list[str] = []
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        seen.append(request.url.path)
+        return httpx.Response(200, content=vss_pb2.GetObjectResponse(value=STORED).SerializeToString())
+
+    async with VssClient("http://vss.test/vss", transport=httpx.MockTransport(handle), retry=ONCE) as client:
+        assert await client.get_object("s", "k") == STORED
+        assert client._connections.bare() is None
+    assert seen == ["/vss/getObject"]

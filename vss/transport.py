@@ -3,10 +3,13 @@
 httpx is the API either way (`httpx.Request` in, `httpx.Response` out, so tests and
 fault injectors plug in as transports), but the HTTP/1.1 engine under it differs:
 
-- on asyncio, aiohttp through httpx-aiohttp's `AiohttpTransport`: about half the CPU
-  per request of httpcore (0.24-0.34 ms against 0.48-0.57 ms per getObject), which
-  on the restore's hot path is most of the node's CPU (bench/bench_client_cpu.py,
-  bench/RESULTS.md);
+- on asyncio, aiohttp (`AiohttpEngine`): httpx-aiohttp's `AiohttpTransport` over one
+  aiohttp session, about half the CPU per request of httpcore (0.24-0.34 ms against
+  0.48-0.57 ms per getObject, bench/bench_client_cpu.py, bench/RESULTS.md). The same
+  session also takes bare requests (`AiohttpEngine.post`: bytes in, status and bytes
+  out, no httpx objects), which VssClient uses for getObject alone: a restore sends
+  one per key, and httpx's Request and Response plus their conversion to and from
+  aiohttp's were a fifth of the node's CPU per restored key;
 - on trio, where aiohttp cannot run, httpx's own `AsyncHTTPTransport` (httpcore), its
   connections split over small pools used in turn: httpcore matches every queued
   request against every connection of its pool, so with 64 requests in flight one
@@ -25,14 +28,19 @@ import itertools
 import os
 import ssl
 import sys
-from typing import Literal
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Literal
 
 import httpx
 import sniffio
 
+if TYPE_CHECKING:
+    import aiohttp
+
 __all__ = [
     "CONNECTIONS_PER_POOL",
     "KEEPALIVE_S",
+    "AiohttpEngine",
     "Backend",
     "BodyTooLarge",
     "Connections",
@@ -114,21 +122,77 @@ def httpcore_transport(max_connections: int, tls: ssl.SSLContext) -> httpx.Async
     return shards[0] if pools == 1 else ShardedTransport(shards)
 
 
-def aiohttp_transport(max_connections: int, tls: ssl.SSLContext) -> httpx.AsyncBaseTransport:
-    """httpx-aiohttp's transport over one aiohttp session of `max_connections`.
+def aiohttp_transport(max_connections: int, tls: ssl.SSLContext) -> AiohttpEngine:
+    """The aiohttp engine over one session of at most `max_connections` connections."""
+    return AiohttpEngine(max_connections, tls)
 
-    The session is made by the transport at its first request, inside the running
-    loop, as aiohttp requires. It keeps no cookies: VSS sets none, and parsing every
-    response for them costs CPU.
+
+class AiohttpEngine(httpx.AsyncBaseTransport):
+    """One aiohttp session, spoken to two ways: as an httpx transport (httpx-aiohttp's
+    `AiohttpTransport`) and with bare requests (`post`), sharing its connections.
+
+    The session is made at the first request, inside the running loop, as aiohttp
+    requires. It keeps no cookies: VSS sets none, and parsing every response for them
+    costs CPU. Errors are aiohttp's own (and OSError, TimeoutError) on the bare path,
+    mostly httpx's on the other: `Connections.failures` names them all.
     """
-    import aiohttp
-    from httpx_aiohttp import AiohttpTransport
 
-    def session() -> aiohttp.ClientSession:
-        connector = aiohttp.TCPConnector(limit=max_connections, ssl=tls, keepalive_timeout=KEEPALIVE_S)
-        return aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar(), auto_decompress=False)
+    def __init__(self, max_connections: int, tls: ssl.SSLContext) -> None:
+        from httpx_aiohttp import AiohttpTransport
 
-    return AiohttpTransport(verify=tls, client=session)
+        self._max_connections = max_connections
+        self._tls = tls
+        self._session: aiohttp.ClientSession | None = None
+        self._timeouts: dict[float, aiohttp.ClientTimeout] = {}
+        self._httpx = AiohttpTransport(verify=tls, client=self._get_session)
+
+    def _get_session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            import aiohttp
+
+            connector = aiohttp.TCPConnector(limit=self._max_connections, ssl=self._tls, keepalive_timeout=KEEPALIVE_S)
+            self._session = aiohttp.ClientSession(
+                connector=connector, cookie_jar=aiohttp.DummyCookieJar(), auto_decompress=False
+            )
+        return self._session
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        return await self._httpx.handle_async_request(request)
+
+    async def post(self, url: str, headers: Mapping[str, str], body: bytes, *, limit: int, timeout_s: float) -> tuple[int, bytes]:
+        """POST `body` to `url`; (status, response body), the body read as it arrives and
+        given up past `limit` bytes (BodyTooLarge; the connection is dropped, never
+        reused). `timeout_s` bounds getting a connection, connecting, and each wait for
+        the server's bytes, as httpx's timeout does on the other path."""
+        timeout = self._timeouts.get(timeout_s)
+        if timeout is None:
+            import aiohttp
+
+            timeout = aiohttp.ClientTimeout(connect=timeout_s, sock_connect=timeout_s, sock_read=timeout_s)
+            self._timeouts[timeout_s] = timeout
+        session = self._get_session()
+        async with session.post(url, data=body, headers=headers, timeout=timeout, allow_redirects=False) as response:
+            declared = response.content_length
+            if declared is not None and declared > limit:
+                response.close()
+                raise BodyTooLarge(limit)
+            if declared is not None:
+                # HTTP framing stops the read at the declared length: nothing past it.
+                return response.status, await response.read()
+            chunks: list[bytes] = []
+            size = 0
+            async for chunk in response.content.iter_chunked(64 * 1024):
+                size += len(chunk)
+                if size > limit:
+                    response.close()
+                    raise BodyTooLarge(limit)
+                chunks.append(chunk)
+            return response.status, b"".join(chunks)
+
+    async def aclose(self) -> None:
+        await self._httpx.aclose()
+        if self._session is not None:
+            await self._session.close()
 
 
 _BASE_FAILURES: tuple[type[BaseException], ...] = (httpx.RequestError, OSError)
@@ -164,6 +228,7 @@ class Connections:
         if max_connections < 1:
             raise ValueError("VSS max_connections must be at least 1")
         self._transport = transport
+        self._owned = transport is None  # made here, not given: then bare requests may bypass httpx
         self._backend = backend
         self._max_connections = max_connections
         self._tls = tls
@@ -185,6 +250,13 @@ class Connections:
         if self._transport is None:
             self._transport = self._make()
         return self._transport
+
+    def bare(self) -> AiohttpEngine | None:
+        """The engine for bare requests: the client's own aiohttp engine, else None (a
+        caller's transport, whatever it wraps, or httpcore) and requests go through
+        httpx as a caller's transport expects to see them."""
+        transport = self.get()
+        return transport if self._owned and isinstance(transport, AiohttpEngine) else None
 
     def _make(self) -> httpx.AsyncBaseTransport:
         library = sniffio.current_async_library()
