@@ -26,12 +26,13 @@ CONFLICT and the caller, which knows what it wrote, decides.
 Requests go straight to the transport as `httpx.Request`s, not through
 `httpx.AsyncClient`: its cookie jar, auth flow, redirects and URL merging cost about a
 third of the client's CPU per call and do nothing for VSS. getObject, the call a
-restore makes once per key, goes further on the client's own aiohttp engine: it is
-sent as bare bytes on the engine's session (`AiohttpEngine.post`), without httpx's
-Request and Response objects, with the same headers, limits, errors and retries as
-every other call. Under a caller's transport every call goes through httpx, so what
-the caller wraps sees all of them. Tests drive the client with `httpx.MockTransport`
-passed as `transport=`.
+restore makes once per key, goes further on the client's own asyncio engine: it is
+sent as bare bytes on keep-alive HTTP/1.1 connections of the engine's own
+(`vss.transport.KeepAlivePool`), without httpx's or aiohttp's request and response
+objects, with the same headers, limits, errors and retries as every other call.
+Under a caller's transport every call goes through httpx, so what the caller wraps
+sees all of them. Tests drive the client with `httpx.MockTransport` passed as
+`transport=`.
 """
 
 from __future__ import annotations
@@ -101,7 +102,8 @@ class VssClient:
 
     - `transport`: an httpx transport to send every request on (tests, fault
       injection); then `max_connections`, `ca_file` and `http_backend` do not apply.
-    - `max_connections`: connections kept to the server at most.
+    - `max_connections`: connections kept to the server at most (on asyncio, by
+      getObject and by the other calls each: they keep connections of their own).
     - `max_response_bytes`: the most of a response body ever read; a longer one is
       abandoned and raised as a retryable VssUnavailableError. Give it the largest
       value the caller stores, plus headroom.
@@ -135,7 +137,6 @@ class VssClient:
         # For messages and logs: a URL may carry user:password, which must not leak.
         self._display_url = base
         self._urls = {call: httpx.URL(f"{base}/{call}") for call in _CALLS}
-        self._bare_url = str(self._urls["getObject"])
         self._headers = {"Content-Type": CONTENT_TYPE, "User-Agent": USER_AGENT, "Accept-Encoding": "identity"}
         # Credentials in the URL are HTTP Basic and win over the provider's, as they did
         # when this client went through httpx.AsyncClient; the URL sent carries none.
@@ -326,10 +327,9 @@ class VssClient:
             headers["Authorization"] = self._url_authorization
         connections = self._connections
         try:
-            bare = connections.bare() if method == "getObject" else None
+            bare = connections.bare(method, self._urls[method]) if method == "getObject" else None
             if bare is not None:
-                status, content = await bare.post(self._bare_url, headers, body, limit=self._max_response_bytes,
-                                                  timeout_s=self._timeout_s)
+                status, content = await bare.post(headers, body, limit=self._max_response_bytes, timeout_s=self._timeout_s)
             else:
                 request = httpx.Request("POST", self._urls[method], headers=headers, content=body,
                                         extensions=self._extensions)
