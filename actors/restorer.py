@@ -46,7 +46,9 @@ T = TypeVar("T")
 
 RETRY_ATTEMPTS = 6  # per call, each one a client call with its own quick retries
 RETRY_BACKOFF = Backoff(base_s=0.5, max_s=8.0)
-DEFAULT_CONCURRENCY = 64  # measured: 128 was no faster at 0 ms and 0.69x at +50 ms (CPU-bound)
+# getObjects in flight. Measured (bench/RESULTS.md): 32 as fast as 64 at 0 ms, 0.52x of
+# it at +50 ms; the node's client keeps 64 connections, so more cannot be in flight.
+DEFAULT_CONCURRENCY = 64
 PROGRESS_EVERY_S = 5.0
 _STAGE_BATCH = 1000  # values per staging transaction, or:
 _STAGE_BYTES = 8 * 1024 * 1024  # plaintext bytes per staging transaction
