@@ -10,7 +10,8 @@ fault injectors plug in as transports), but the HTTP/1.1 engine under it differs
   and bytes out) on keep-alive HTTP/1.1 connections of its own (`KeepAlivePool`),
   which VssClient uses for getObject alone: a restore sends one per key, and httpx's
   and aiohttp's request and response machinery were most of the node's CPU per
-  restored key (0.18 ms of it through bare aiohttp, 0.10 ms this way; bench/RESULTS.md);
+  restored key (0.19 ms per key with getObject on bare aiohttp, 0.12 ms this way;
+  bench/RESULTS.md);
 - on trio, where aiohttp cannot run, httpx's own `AsyncHTTPTransport` (httpcore), its
   connections split over small pools used in turn: httpcore matches every queued
   request against every connection of its pool, so with 64 requests in flight one
