@@ -518,10 +518,12 @@ def _aiohttp_failures() -> tuple[type[BaseException], ...]:
 
 
 class Connections:
-    """The client's one transport: the caller's, or one made at first use for the loop.
+    """The client's one transport: the caller's, or one made at first use for the loop;
+    and, on its own asyncio engine, the targets of bare requests (`bare`).
 
     `failures` are the exceptions that mean "no answer from the server" (the client
-    retries them): httpx's transport errors, OSError, and aiohttp's own errors.
+    retries them): httpx's transport errors, OSError, HttpProtocolError of the bare
+    path, and aiohttp's own errors.
     """
 
     def __init__(
