@@ -616,8 +616,6 @@ async def test_a_connection_the_server_closed_while_idle_is_replaced_without_a_r
 @ASYNCIO_ONLY
 @pytest.mark.anyio
 async def test_answers_framed_every_way_are_read() -> None:
-    chunked = GOT[:7].hex()  # not used as a body: just makes sure sizes are hex
-    assert chunked
     body = b"".join(f"{len(part):x};ext=1\r\n".encode() + part + b"\r\n" for part in (GOT[:5], GOT[5:]))
     raw = [
         framed("HTTP/1.1 200 OK\r\nContent-Length: {n}\r\n\r\n"),
