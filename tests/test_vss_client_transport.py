@@ -714,3 +714,53 @@ async def test_header_values_with_line_breaks_never_reach_the_wire() -> None:
         with pytest.raises(ValueError, match="line break"):
             await client.get_object("s", "k")
     assert recorder.requests == []
+
+
+@ASYNCIO_ONLY
+@pytest.mark.anyio
+async def test_bare_get_objects_come_through_a_faulty_link_intact(vss_server: RunningVssServer, tmp_path: Path) -> None:
+    # The fault proxy (tests/faults) between the client and the bundled server resets
+    # requests and answers, answers 500 or garbage, stalls: every getObject still gets
+    # its own value back, through the client's retries and the pool's reconnections.
+    import subprocess
+    import sys
+
+    from conftest import REPO_ROOT, free_loopback_port
+
+    store = f"faulty-{uuid.uuid4().hex}"
+    items = [vss_pb2.KeyValue(key=f"k{i}", version=-1, value=os.urandom(200)) for i in range(60)]
+    async with VssClient(vss_server.url, SignatureAuth(SIGNING_KEY)) as direct:
+        await direct.put_objects(store, items)
+    port = free_loopback_port()
+    log = tmp_path / "proxy.log"
+    with log.open("wb") as out:
+        proxy = subprocess.Popen(
+            [sys.executable, "-m", "tests.faults.proxy", "--listen", f"127.0.0.1:{port}",
+             "--upstream", vss_server.url.removesuffix("/vss"), "--seed", "11", "--reset-request-rate", "0.05",
+             "--reset-response-rate", "0.05", "--error-500-rate", "0.05", "--garbage-rate", "0.05",
+             "--stall-response-rate", "0.02", "--stall-ms", "100"],
+            cwd=REPO_ROOT, stdout=out, stderr=subprocess.STDOUT,
+        )
+    try:
+        with anyio.fail_after(STUB_TIMEOUT_S):
+            while b"listening" not in log.read_bytes():
+                assert proxy.poll() is None, log.read_text()
+                await anyio.sleep(0.05)
+        retry = RetryPolicy(attempts=8, base_delay_s=0.001, max_total_s=5.0)
+        async with VssClient(f"http://127.0.0.1:{port}/vss", SignatureAuth(SIGNING_KEY), retry=retry,
+                             max_connections=8, timeout_s=2.0) as client:
+            got: dict[str, bytes] = {}
+
+            async def fetch(item: vss_pb2.KeyValue) -> None:
+                got[item.key] = (await client.get_object(store, item.key)).value
+
+            with anyio.fail_after(60):
+                for _ in range(3):
+                    async with anyio.create_task_group() as tg:
+                        for item in items:
+                            tg.start_soon(fetch, item)
+            assert got == {item.key: item.value for item in items}
+    finally:
+        proxy.terminate()
+        proxy.wait(timeout=10)
+    assert "reset_response" in log.read_text()  # faults were injected
