@@ -5,8 +5,8 @@ Pipeline: one task lists the store page by page into a queue of keys that a boun
 pool of fetchers (getObject + decrypt) take from; the fetchers collect rows into
 batches, and one stager writes each batch (a thousand values, or 8 MiB) into
 `restore_staging` in a worker thread. Listing, fetching and staging overlap, so the
-time is bounded by the slowest of them rather than their sum. The listing stays at
-most a few pages ahead of the fetchers, so memory does not grow with the store. Per
+time is bounded by the slowest of them rather than their sum. The listing stops while
+a thousand keys wait for a fetcher, so memory does not grow with the store. Per
 key there is one getObject and one decrypt and nothing else: no task, channel or
 thread hop of its own (keys are handed over a page at a time; values of 256 KiB or
 more are decrypted in a worker thread, to keep the loop responsive).
