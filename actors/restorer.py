@@ -1,11 +1,15 @@
 """restorer: pulls the KV stream back from the server into an empty node, at unlock.
 
 Owns: the staging table while it runs, and the progress it publishes (`RestoreStatus`).
-Pipeline: one task lists the store page by page, feeding keys to a bounded pool of
-fetchers (getObject + decrypt); the fetchers collect rows into batches, and one stager
-writes each batch of a thousand into `restore_staging` in a worker thread. Listing,
-fetching and staging overlap, so the time is bounded by the slowest of them rather
-than their sum.
+Pipeline: one task lists the store page by page into a queue of keys that a bounded
+pool of fetchers (getObject + decrypt) take from; the fetchers collect rows into
+batches, and one stager writes each batch (a thousand values, or 8 MiB) into
+`restore_staging` in a worker thread. Listing, fetching and staging overlap, so the
+time is bounded by the slowest of them rather than their sum. The listing stops while
+a thousand keys wait for a fetcher, so memory does not grow with the store. Per
+key there is one getObject and one decrypt and nothing else: no task, channel or
+thread hop of its own (keys are handed over a page at a time; values of 256 KiB or
+more are decrypted in a worker thread, to keep the loop responsive).
 Guarantees: nothing is live until the end, when one transaction moves the staged
 values into `kv`; an interrupted or failed restore leaves the node empty and can simply
 be run again (from the start: staged values are not reused). A transient failure of one
@@ -19,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from typing import TypeVar
@@ -41,9 +46,14 @@ T = TypeVar("T")
 
 RETRY_ATTEMPTS = 6  # per call, each one a client call with its own quick retries
 RETRY_BACKOFF = Backoff(base_s=0.5, max_s=8.0)
-DEFAULT_CONCURRENCY = 64  # measured: 128 was no faster at 0 ms and 0.69x at +50 ms (CPU-bound)
+# getObjects in flight. Measured (bench/RESULTS.md): 32 as fast as 64 at 0 ms, 0.52x of
+# it at +50 ms; the node's client keeps 64 connections, so more cannot be in flight.
+DEFAULT_CONCURRENCY = 64
 PROGRESS_EVERY_S = 5.0
-_STAGE_BATCH = 1000
+_STAGE_BATCH = 1000  # values per staging transaction, or:
+_STAGE_BYTES = 8 * 1024 * 1024  # plaintext bytes per staging transaction
+_LISTED_AHEAD = 1000  # keys listed and not yet fetched, past which the listing waits
+_RESUME_LISTING = _LISTED_AHEAD // 2  # ... until the fetchers took the queue down to this
 _THREAD_DECRYPT_BYTES = 256 * 1024
 
 
@@ -59,7 +69,8 @@ class RestoreStatus:
 
 
 class _Restore:
-    """One run of the pipeline: its progress, and the rows waiting for the stager."""
+    """One run of the pipeline: its progress, the keys waiting for a fetcher, and the
+    rows waiting for the stager."""
 
     def __init__(self, port: VssPort, keys: NodeKeys, store: LocalStore, publish: Callable[[RestoreStatus], None]) -> None:
         self.port = port
@@ -67,9 +78,21 @@ class _Restore:
         self.store = store
         self.publish = publish
         self.status = RestoreStatus()
+        self.pending: deque[tuple[str, Triple]] = deque()
+        self.listed_all = False
+        self.keys_ready = anyio.Event()  # replaced each time it is set: keys arrived, or the listing ended
+        self.room = anyio.Event()  # set when the fetchers took the queue down to _RESUME_LISTING
         self.rows: list[tuple[Triple, bytes]] = []
+        self.row_bytes = 0
         self.started = time.monotonic()
         self.next_report = self.started + PROGRESS_EVERY_S
+
+    def offer(self, listed: list[tuple[str, Triple]], *, last: bool) -> None:
+        """The lister's page of keys (and whether it was the last): wake the fetchers."""
+        self.pending.extend(listed)
+        self.listed_all = last
+        ready, self.keys_ready = self.keys_ready, anyio.Event()
+        ready.set()
 
     def advance(self, **changes: int | bool) -> None:
         self.status = replace(self.status, **changes)  # type: ignore[arg-type]
@@ -97,13 +120,15 @@ async def restore_kv(
     publish: Callable[[RestoreStatus], None],
     live_settings: dict[str, bytes],
     *,
-    concurrency: int = DEFAULT_CONCURRENCY,
+    concurrency: int | None = None,
 ) -> int:
     """Restore every KV key of the store; returns how many keys were made live.
 
     Raises RestoreFailed (with the reason) if anything goes wrong; the node is then as
     empty as before. `live_settings` are recorded in the same transaction as the data.
+    `concurrency`: getObjects in flight at most (DEFAULT_CONCURRENCY, read at the call).
     """
+    concurrency = concurrency or DEFAULT_CONCURRENCY
     run = _Restore(port, keys, store, publish)
     run.publish(run.status)
     await anyio.to_thread.run_sync(store.clear_staging)
@@ -119,71 +144,74 @@ async def restore_kv(
 
 
 async def _pipeline(run: _Restore, concurrency: int) -> None:
-    key_send, key_recv = anyio.create_memory_object_stream[tuple[str, Triple]](concurrency * 4)
     batch_send, batch_recv = anyio.create_memory_object_stream[list[tuple[Triple, bytes]]](2)
     async with anyio.create_task_group() as staging:
         staging.start_soon(_stage, run, batch_recv)
         async with anyio.create_task_group() as tg:
-            tg.start_soon(_list_keys, run, key_send)
-            async with key_recv:
-                for _ in range(concurrency):
-                    tg.start_soon(_fetch, run, key_recv.clone(), batch_send)
+            tg.start_soon(_list_keys, run)
+            for _ in range(concurrency):
+                tg.start_soon(_fetch, run, batch_send)
         async with batch_send:
             if run.rows:
                 await batch_send.send(run.rows)
                 run.rows = []
 
 
-async def _list_keys(run: _Restore, out: MemoryObjectSendStream[tuple[str, Triple]]) -> None:
+async def _list_keys(run: _Restore) -> None:
     store_id = run.keys.kv_store_id
-    async with out:
-        token: str | None = None
-        while True:
-            page = await _patiently(f"listing the VSS store {store_id}", run.port.list_key_versions, store_id,
-                                    page_token=token)
-            listed = 0
-            for item in page.key_versions:
-                if item.key == FENCE_KEY:
-                    continue
-                try:
-                    triple = kv_keys.from_vss_key(item.key)
-                except errors.InvalidKey:
-                    log.warning("restore skips %r: not a key of the KV format", item.key)
-                    continue
-                listed += 1
-                await out.send((item.key, triple))
-            token = page.next_page_token if page.HasField("next_page_token") else None
-            run.advance(keys_listed=run.status.keys_listed + listed, listing_done=not token)
-            if not token:
+    token: str | None = None
+    while True:
+        while len(run.pending) >= _LISTED_AHEAD:
+            run.room = anyio.Event()
+            await run.room.wait()
+        page = await _patiently(f"listing the VSS store {store_id}", run.port.list_key_versions, store_id,
+                                page_token=token)
+        listed: list[tuple[str, Triple]] = []
+        for item in page.key_versions:
+            if item.key == FENCE_KEY:
+                continue
+            try:
+                listed.append((item.key, kv_keys.from_vss_key(item.key)))
+            except errors.InvalidKey:
+                log.warning("restore skips %r: not a key of the KV format", item.key)
+        token = page.next_page_token if page.HasField("next_page_token") else None
+        run.offer(listed, last=not token)
+        run.advance(keys_listed=run.status.keys_listed + len(listed), listing_done=not token)
+        if not token:
+            return
+
+
+async def _fetch(run: _Restore, batches: MemoryObjectSendStream[list[tuple[Triple, bytes]]]) -> None:
+    signing_key, store_id, get_object = run.keys.signing_key, run.keys.kv_store_id, run.port.get_object
+    pending = run.pending
+    while True:
+        if not pending:
+            if run.listed_all:
                 return
-
-
-async def _fetch(
-    run: _Restore,
-    keys_in: MemoryObjectReceiveStream[tuple[str, Triple]],
-    batches: MemoryObjectSendStream[list[tuple[Triple, bytes]]],
-) -> None:
-    signing_key, store_id = run.keys.signing_key, run.keys.kv_store_id
-    async with keys_in:
-        async for vss_key, triple in keys_in:
-            try:
-                item = await _patiently(f"fetching {vss_key!r}", run.port.get_object, store_id, vss_key)
-            except NoSuchKeyError:
-                continue  # deleted since it was listed
-            stored = item.value
-            try:
-                if len(stored) >= _THREAD_DECRYPT_BYTES:
-                    value = await anyio.to_thread.run_sync(crypto.decrypt_value, signing_key, stored)
-                else:
-                    value = crypto.decrypt_value(signing_key, stored)
-            except crypto.DecryptionError as exc:
-                raise errors.RestoreFailed(
-                    f"the value of {vss_key!r} does not decrypt: wrong mnemonic or corrupted backup; nothing was restored"
-                ) from exc
-            run.rows.append((triple, value))
-            if len(run.rows) >= _STAGE_BATCH:
-                batch, run.rows = run.rows, []
-                await batches.send(batch)
+            await run.keys_ready.wait()
+            continue
+        vss_key, triple = pending.popleft()
+        if len(pending) == _RESUME_LISTING:
+            run.room.set()
+        try:
+            item = await _patiently(f"fetching {vss_key!r}", get_object, store_id, vss_key)
+        except NoSuchKeyError:
+            continue  # deleted since it was listed
+        stored = item.value
+        try:
+            if len(stored) >= _THREAD_DECRYPT_BYTES:
+                value = await anyio.to_thread.run_sync(crypto.decrypt_value, signing_key, stored)
+            else:
+                value = crypto.decrypt_value(signing_key, stored)
+        except crypto.DecryptionError as exc:
+            raise errors.RestoreFailed(
+                f"the value of {vss_key!r} does not decrypt: wrong mnemonic or corrupted backup; nothing was restored"
+            ) from exc
+        run.rows.append((triple, value))
+        run.row_bytes += len(value)
+        if len(run.rows) >= _STAGE_BATCH or run.row_bytes >= _STAGE_BYTES:
+            batch, run.rows, run.row_bytes = run.rows, [], 0
+            await batches.send(batch)
 
 
 async def _patiently(what: str, call: Callable[..., Awaitable[T]], *args: object, **kwargs: object) -> T:

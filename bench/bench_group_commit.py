@@ -18,11 +18,11 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import anyio
-
-import actors.local_writer as local_writer
 from bench_write_latency import VALUES
 from figures import Figure, ms, percentile, ratio
 from harness import BenchContext, running_node, standalone
+
+import actors.local_writer as local_writer
 
 WRITERS = (1, 8, 64)
 

@@ -1,66 +1,59 @@
-"""Figure 5: restore throughput — a fresh data dir pulling the KV stream back at unlock.
+"""Figure 5: restore at unlock — the node against the lean reference client, on one server.
 
-Two data sets, each in its own VSS store, populated straight through putObjects of
-pre-encrypted values in batches of 1000 (not through a node): 10,000 keys of 1 KiB and
-100,000 keys of 256 B (quick mode: fewer). For each added latency (0 and 50 ms):
+For each storage engine of the bundled VSS server — SQLite always, PostgreSQL when it
+answers at 127.0.0.1:5432 (database `test`, a schema of the run's own, dropped
+afterwards) — one store of 10,000 values of 256 B (quick: 1,000) is populated straight
+through putObjects of pre-encrypted values, then restored ROUNDS times by each of two
+clients, taking turns at going first:
 
-- restore: a fresh node (`init`, `clear_fence`, then `unlock`) restores the store at
-  unlock with its pipelined restorer: list pages while up to
-  `actors.restorer.DEFAULT_CONCURRENCY` fetches run over the node's VssClient (its
-  connections in small pools used in turn), decrypt, stage, make live in one
-  transaction. Two times are taken: the whole `unlock`, which also builds the node's
-  VssClient, checks the password (argon2id), holds the fence and checks the wallet
-  stream, and the restore alone: the bench wraps the `restore_kv` that
-  actors.unlock calls and takes its start, end and the CPU used in between. Keys/s
-  comes from the restore alone. The time to build the VssClient (`Node._new_client`)
-  is taken too, being most of what the unlock adds;
-- for the 1 KiB set, the same restore with DEFAULT_CONCURRENCY patched to
-  COMPARED_CONCURRENCY (the default before) for that one unlock; the two restores take
-  turns at going first;
-- plain fetch: the same keys (names known in advance) fetched with httpx by as many
-  concurrent workers over pools of the node's size, with a signature reused as the
-  node's client does, each response read and dropped: no listing, no protobuf decoding,
-  no decryption, no local writes — what the network and server allow;
-- page at a time: list a page, fetch its keys concurrently, decrypt, stage, then the
-  next page — the restore without the pipeline;
-- listing floor: walking the pages one after another (the restore needs every page,
-  and a page's token comes from the previous one), measured on up to FLOOR_PAGES pages
-  and scaled to the whole store.
+- node: a fresh data dir (`init`, `clear_fence`, then `unlock`), which restores the store
+  with actors.restorer. The bench wraps the `restore_kv` that actors.unlock calls and
+  takes its wall time and, in between, the CPU time (user + sys) of this process (the
+  node and its worker threads; nothing else runs in it meanwhile) and of the server
+  process (from /proc/PID/stat). The unlock around it (argon2id, the fence, the wallet
+  stream's check) is timed too, and shown apart;
+- lean: bench/lean_client.py's `lean_restore` of the same store (raw keep-alive
+  HTTP/1.1 over 32 connections, every value decrypted), timed the same way.
 
-The comparisons run on a prefix of the keys (`subset`) and are compared as keys/s. When
-the run has a time budget (`run_all.py`), each case is cut to what fits in its share of
-the time left, judged by the rates seen so far, and the figure says so.
+Per engine the figure gives the medians: each client's keys/s and their ratio (goal >=
+0.8), the node's CPU ms per key (goal <= 0.5), the lean client's, and the server's under
+each; on SQLite the node's keys/s (goal >= 2,000). Then, on SQLite, the large case:
+100,000 x 256 B (quick: 5,000), node once and lean once; goal: the whole restore in
+under a minute. Last, the round trip: the 10,000-key SQLite store restored by a node
+whose every VSS call waits 50 ms first (`DelayedPort` around the node's own VssClient,
+or the fault proxy with `--latency-via proxy`), against what DEFAULT_CONCURRENCY
+fetches in flight allow and the listing floor (pages walked one after another, as the
+restore must: each page's token comes from the one before). The delay wraps the port rather than the transport: under a
+caller's transport the client sends getObject through httpx, which is not the path a
+node takes on its own.
+
+CPU per key is the robust figure on a shared machine (it hardly moves with other load);
+keys/s is wall clock, node and server sharing the cores with whatever else runs, so the
+load average is recorded with each case. When the run has a time budget (run_all.py) the
+large case is cut to what fits, judged by the rates seen so far, and the figure says so.
 """
 
 from __future__ import annotations
 
 import contextlib
-import math
 import os
+import statistics
 import sys
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import anyio
-
-import actors.restorer as restorer
-import actors.unlock as unlock
-from actors.ownership_guard import FENCE_KEY
-from actors import Node
 from figures import Figure, cores, ratio
 from harness import (
-    CONNECTIONS_PER_POOL,
-    NODE_CONNECTIONS,
     PASSWORD,
     BenchContext,
     Identity,
     LatencyPath,
-    ShardedHttp,
     cpu_seconds,
     latency_method,
     new_identity,
@@ -68,455 +61,459 @@ from harness import (
     standalone,
     vss_client,
 )
+from lean_client import lean_restore
+
+import actors.restorer as restorer
+import actors.unlock as unlock
+from actors import Node
+from actors.vss_port import VssPort
 from node import crypto, kv_keys
 from node.config import NodeConfig
-from node.store import LocalStore
-from vss.client import SIGNATURE_REUSE_S, SignatureAuth
-from vss.proto import vss_pb2
-from vss.proto.vss_pb2 import KeyValue
+from node.keys import NodeKeys
+from node.mnemonic_vault import FAST_LIMITS
+from tests.conftest import POSTGRES_DEFAULT_DSNS, RunningVssServer, start_vss_server, stop_vss_server
+from vss.proto.vss_pb2 import KeyValue, ListKeyVersionsResponse
 
-LATENCIES_MS = (0, 50)
-COMPARED_CONCURRENCY = 64  # DEFAULT_CONCURRENCY before the client's pools were split
+VALUE_SIZE = 256
 POPULATE_BATCH = 1000
-POPULATE_RATE_ESTIMATE = 5_000  # keys/s, to plan the budget; measured is ~10,000
 PAGE_SIZE = 100  # the bundled server's page size (vss.server.backend.MAX_PAGE_SIZE)
 FLOOR_PAGES = 40
-MIN_BUDGETED_KEYS = 300
-ASSUMED_RATE = 300.0  # restore keys/s, to plan the first case; 400-800 measured on 2 shared cores
-ASSUMED_UNLOCK_OVERHEAD_S = 1.0  # unlock around the restore: VssClient, argon2id, fence, wallet check
+SLOW_MS = 50
+LEAN_CONNECTIONS = 32
+# The goals this figure is held to.
+GOAL_NODE_CPU_MS = 0.5
+GOAL_LEAN_RATIO = 0.8
+GOAL_KEYS_PER_S = 2_000
+GOAL_LARGE_S = 60.0
+MIN_LARGE_KEYS = 5_000
+POPULATE_RATE = 8_000  # keys/s, to plan the large case's budget
 
 
 @dataclass
-class DataSet:
-    label: str
+class Store:
+    """One populated store on one server."""
+
+    engine: str  # "SQLite" or "PostgreSQL"
+    server: RunningVssServer
     count: int
-    value_size: int
-    subset: int  # keys the comparisons fetch
-    identity: Identity
+    identity: Identity = field(default_factory=new_identity)
 
     def vss_key(self, i: int) -> str:
         return kv_keys.to_vss_key("restore", "", f"k{i:07d}")
 
 
 @dataclass
-class Cpu:
-    """CPU seconds over one measurement: this process, the server, the proxy (if any)."""
-
-    own: float
-    server: float
-    proxy: float | None
-
-    def text(self) -> str:
-        return f"{self.own:.1f}/{self.server:.1f}" + ("" if self.proxy is None else f"/{self.proxy:.1f}")
-
-
-@dataclass
 class Run:
+    """One restore of a whole store: what came back, wall time, CPU of client and server."""
+
+    client: str  # "node" or "lean"
     keys: int
-    bytes: int
     seconds: float
-    cpu: Cpu
-    unlock_s: float | None = None  # for a restore at unlock: the whole unlock around it
-    client_build_s: float = 0.0  # of which building the node's VssClient
+    cpu_s: float  # this process: the node with its threads, or the lean client
+    server_cpu_s: float
+    unlock_s: float | None = None  # the node's whole unlock around its restore
 
     @property
     def keys_per_s(self) -> float:
         return self.keys / self.seconds
 
     @property
-    def mb_per_s(self) -> float:
-        return self.bytes / self.seconds / 1e6
+    def cpu_ms(self) -> float:
+        return self.cpu_s / self.keys * 1000
+
+    @property
+    def server_cpu_ms(self) -> float:
+        return self.server_cpu_s / self.keys * 1000
 
 
-async def populate(url: str, data: DataSet) -> float:
-    """Write the data set's encrypted values straight to the server; returns seconds."""
-    keys = data.identity.keys
+def load() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+async def populate(store: Store) -> float:
+    """Write the store's encrypted values straight to the server; returns seconds."""
+    keys = store.identity.keys
     start = time.perf_counter()
-    async with vss_client(url, keys) as client:
-        for first in range(0, data.count, POPULATE_BATCH):
-            last = min(first + POPULATE_BATCH, data.count)
-            items = await anyio.to_thread.run_sync(
-                lambda: [
-                    KeyValue(key=data.vss_key(i), version=-1,
-                             value=crypto.encrypt_value(keys.signing_key, os.urandom(data.value_size)))
-                    for i in range(first, last)
-                ]
-            )
+
+    def sealed(first: int, last: int) -> list[KeyValue]:
+        return [
+            KeyValue(key=store.vss_key(i), version=-1, value=crypto.encrypt_value(keys.signing_key, os.urandom(VALUE_SIZE)))
+            for i in range(first, last)
+        ]
+
+    async with vss_client(store.server.url, keys) as client:
+        for first in range(0, store.count, POPULATE_BATCH):
+            items = await anyio.to_thread.run_sync(sealed, first, min(first + POPULATE_BATCH, store.count))
             await client.put_objects(keys.kv_store_id, items)
     return time.perf_counter() - start
 
 
-class CpuMeter:
-    """CPU seconds of this process, the server and the proxy from its creation on."""
-
-    def __init__(self, server_pid: int, proxy_pid: int | None) -> None:
-        self._pids = (server_pid, proxy_pid)
-        self._start = self._now()
-
-    def _now(self) -> tuple[float, float, float]:
-        return time.process_time(), cpu_seconds(self._pids[0]), cpu_seconds(self._pids[1])
-
-    def used(self) -> Cpu:
-        own, server, proxy = (b - a for a, b in zip(self._start, self._now()))
-        return Cpu(own, server, proxy if self._pids[1] is not None else None)
-
-
 class RestoreTimer:
-    """Times the node's own restore inside `unlock`: while `wrapping()`, the `restore_kv`
-    that actors.unlock calls is wrapped to take its start, end and CPU, and
-    `Node._new_client` to take the time it takes to build the node's VssClient."""
+    """While `wrapping()`, the `restore_kv` that actors.unlock calls is wrapped to take
+    its wall time and the CPU of this process and of the server in between."""
 
-    def __init__(self, server_pid: int, proxy_pid: int | None) -> None:
-        self._pids = (server_pid, proxy_pid)
+    def __init__(self, server_pid: int) -> None:
+        self._server_pid = server_pid
         self.seconds: float | None = None
-        self.cpu: Cpu | None = None
-        self.client_build_s = 0.0
+        self.cpu_s = self.server_cpu_s = 0.0
 
     @contextlib.contextmanager
     def wrapping(self) -> Iterator[None]:
         original = unlock.restore_kv
-        new_client = Node._new_client
-
-        def timed_client(node: Node, *args: object, **kwargs: object) -> object:
-            start = time.perf_counter()
-            try:
-                return new_client(node, *args, **kwargs)
-            finally:
-                self.client_build_s += time.perf_counter() - start
 
         async def timed(*args: object, **kwargs: object) -> int:
-            meter = CpuMeter(*self._pids)
-            start = time.perf_counter()
+            cpu, server, start = time.process_time(), cpu_seconds(self._server_pid), time.perf_counter()
             try:
-                return await original(*args, **kwargs)
+                return await original(*args, **kwargs)  # type: ignore[arg-type]
             finally:
                 self.seconds = time.perf_counter() - start
-                self.cpu = meter.used()
+                self.cpu_s = time.process_time() - cpu
+                self.server_cpu_s = cpu_seconds(self._server_pid) - server
 
-        with patched(unlock, "restore_kv", timed), patched(Node, "_new_client", timed_client):
+        with patched(unlock, "restore_kv", timed):
             yield
 
 
-async def node_restore(ctx: BenchContext, path: LatencyPath, data: DataSet, server_pid: int,
-                       concurrency: int | None = None) -> Run:
-    """A fresh node restores `data` at unlock; `concurrency` replaces DEFAULT_CONCURRENCY
-    for this unlock only (restore_kv reads it when it is called)."""
-    data_dir = ctx.scratch(f"restore-{data.count}-{path.latency_ms:g}ms-{concurrency or 'default'}")
-    config = NodeConfig(data_dir=data_dir, vss_url=path.url)
-    timer = RestoreTimer(server_pid, path.pid)
-    setting = patched(restorer, "DEFAULT_CONCURRENCY", concurrency) if concurrency else contextlib.nullcontext()
-    async with Node.open(config, vss_transport=path.transport()) as node:
-        await node.init(PASSWORD, data.identity.mnemonic)
+class DelayedPort:
+    """A VssPort (the node's own VssClient) whose every call waits `latency_s` first: a
+    longer round trip that leaves the client, its engine and its paths as they are."""
+
+    def __init__(self, inner: VssPort, latency_s: float) -> None:
+        self._inner = inner
+        self._latency_s = latency_s
+
+    async def get_object(self, store_id: str, key: str) -> KeyValue:
+        await anyio.sleep(self._latency_s)
+        return await self._inner.get_object(store_id, key)
+
+    async def put_objects(self, store_id: str, transaction_items: Sequence[KeyValue] = (),
+                          delete_items: Sequence[KeyValue] = (), global_version: int | None = None) -> None:
+        await anyio.sleep(self._latency_s)
+        await self._inner.put_objects(store_id, transaction_items, delete_items, global_version)
+
+    async def list_key_versions(self, store_id: str, key_prefix: str | None = None, page_size: int | None = None,
+                                page_token: str | None = None) -> ListKeyVersionsResponse:
+        await anyio.sleep(self._latency_s)
+        return await self._inner.list_key_versions(store_id, key_prefix, page_size, page_token)
+
+    async def iter_key_versions(self, store_id: str, key_prefix: str | None = None,
+                                page_size: int | None = None) -> AsyncIterator[KeyValue]:
+        token: str | None = None
+        while True:
+            page = await self.list_key_versions(store_id, key_prefix, page_size, token)
+            for item in page.key_versions:
+                yield item
+            token = page.next_page_token or None
+            if token is None:
+                return
+
+    async def get_global_version(self, store_id: str) -> int:
+        await anyio.sleep(self._latency_s)
+        return await self._inner.get_global_version(store_id)
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
+@contextlib.contextmanager
+def delayed_ports(latency_s: float) -> Iterator[None]:
+    """While inside, every VssPort a node builds (Node._new_port) is a DelayedPort."""
+    original = Node._new_port
+
+    def new_port(node: Node, keys: NodeKeys) -> VssPort:
+        return DelayedPort(original(node, keys), latency_s)
+
+    with patched(Node, "_new_port", new_port):
+        yield
+
+
+async def node_restore(ctx: BenchContext, store: Store, path: LatencyPath | None = None) -> Run:
+    """A fresh node restores the whole store at unlock (through `path` if given)."""
+    url = path.url if path is not None else store.server.url
+    transport = path.transport() if path is not None else None
+    data_dir = ctx.scratch(f"restore-{store.engine}-{store.count}")
+    config = NodeConfig(data_dir=data_dir, vss_url=url, vault_limits=FAST_LIMITS)
+    timer = RestoreTimer(store.server.process.pid)
+    async with Node.open(config, vss_transport=transport) as node:
+        await node.init(PASSWORD, store.identity.mnemonic)
         await node.clear_fence(PASSWORD)  # the previous restore's node holds it
-        with timer.wrapping(), setting:
+        with timer.wrapping():
             start = time.perf_counter()
             await node.unlock(PASSWORD)
             unlock_s = time.perf_counter() - start
-        progress = node.restore_progress
-    if timer.seconds is None or timer.cpu is None:
+        status = node.restore_status
+    if timer.seconds is None:
         raise RuntimeError("unlock did not call actors.unlock.restore_kv: the bench's restore timer needs updating")
-    if progress.keys_done != data.count:
-        raise RuntimeError(f"restore brought back {progress.keys_done} keys, expected {data.count}")
-    return Run(progress.keys_done, progress.bytes_done, timer.seconds, timer.cpu, unlock_s, timer.client_build_s)
+    if not status.finished or status.keys_done != store.count:
+        raise RuntimeError(f"the node restored {status.keys_done} keys, expected {store.count}")
+    return Run("node", status.keys_done, timer.seconds, timer.cpu_s, timer.server_cpu_s, unlock_s)
 
 
-async def plain_fetch(path: LatencyPath, data: DataSet, count: int, server_pid: int) -> Run:
-    """getObject of `count` known keys by DEFAULT_CONCURRENCY httpx workers over pools of
-    CONNECTIONS_PER_POOL (as VssClient), each response read and dropped."""
-    store_id = data.identity.keys.kv_store_id
-    auth = SignatureAuth(data.identity.keys.signing_key)  # reuses a signature, as the node's client
-    bodies = [vss_pb2.GetObjectRequest(store_id=store_id, key=data.vss_key(i)).SerializeToString() for i in range(count)]
-    workers = restorer.DEFAULT_CONCURRENCY
-    next_index = 0
-    http = ShardedHttp(path.transport, -(-workers // CONNECTIONS_PER_POOL), CONNECTIONS_PER_POOL)
-    try:
-
-        async def worker(w: int) -> None:
-            nonlocal next_index
-            client = http.client(w)
-            while next_index < count:
-                body = bodies[next_index]
-                next_index += 1
-                headers = {**auth.headers(), "Content-Type": "application/octet-stream"}
-                response = await client.post(f"{path.url}/getObject", content=body, headers=headers)
-                if response.status_code != 200:
-                    raise RuntimeError(f"getObject answered {response.status_code}")
-
-        meter = CpuMeter(server_pid, path.pid)
-        start = time.perf_counter()
-        async with anyio.create_task_group() as tg:
-            for w in range(workers):
-                tg.start_soon(worker, w)
-        return Run(count, count * data.value_size, time.perf_counter() - start, meter.used())
-    finally:
-        await http.aclose()
+async def lean(store: Store) -> Run:
+    keys = store.identity.keys
+    pid = store.server.process.pid
+    server = cpu_seconds(pid)
+    result = await lean_restore(store.server.url, keys.signing_key, keys.kv_store_id, LEAN_CONNECTIONS, keep_values=False)
+    server_cpu = cpu_seconds(pid) - server
+    if result.keys != store.count:
+        raise RuntimeError(f"the lean client restored {result.keys} keys, expected {store.count}")
+    return Run("lean", result.keys, result.seconds, result.cpu_seconds, server_cpu)
 
 
-async def page_at_a_time(ctx: BenchContext, path: LatencyPath, data: DataSet, count: int, server_pid: int) -> Run:
-    """List a page, fetch and decrypt its keys concurrently, stage them; then the next page."""
-    keys = data.identity.keys
-    store = LocalStore(ctx.scratch(f"pages-{data.count}-{path.latency_ms:g}ms") / "node.sqlite3")
-    limit = anyio.Semaphore(restorer.DEFAULT_CONCURRENCY)
-    done = size = 0
-    try:
-        async with vss_client(path.url, keys, transport=path.transport()) as client:
-            meter = CpuMeter(server_pid, path.pid)
-            start = time.perf_counter()
-            token: str | None = None
-            while done < count:
-                page = await client.list_key_versions(keys.kv_store_id, page_token=token)
-                rows: list = []
-
-                async def fetch(vss_key: str) -> None:
-                    async with limit:
-                        stored = (await client.get_object(keys.kv_store_id, vss_key)).value
-                    rows.append((kv_keys.from_vss_key(vss_key), crypto.decrypt_value(keys.signing_key, stored)))
-
-                async with anyio.create_task_group() as tg:
-                    for item in page.key_versions:
-                        if item.key != FENCE_KEY:
-                            tg.start_soon(fetch, item.key)
-                await anyio.to_thread.run_sync(store.stage, rows)
-                done += len(rows)
-                size += sum(len(v) for _, v in rows)
-                token = page.next_page_token or None
-                if token is None:
-                    break
-            await anyio.to_thread.run_sync(store.make_restore_live, {})
-            return Run(done, size, time.perf_counter() - start, meter.used())
-    finally:
-        store.close()
-
-
-async def listing_floor(path: LatencyPath, data: DataSet) -> tuple[float, int]:
-    """(seconds per page walked in sequence, pages in the store)."""
-    keys = data.identity.keys
-    pages = -(-(data.count + 1) // PAGE_SIZE)  # + the fence key
+async def listing_floor(url: str, store: Store, latency_s: float = 0.0) -> float:
+    """Seconds to walk every page of the store one after another (measured on up to
+    FLOOR_PAGES pages, scaled to the whole store), each call delayed by `latency_s`."""
+    keys = store.identity.keys
+    pages = -(-(store.count + 1) // PAGE_SIZE)  # + the fence key
     walked = 0
-    async with vss_client(path.url, keys, transport=path.transport(), connections=1) as client:
+    async with vss_client(url, keys, connections=1) as client:
+        port = DelayedPort(client, latency_s)
         start = time.perf_counter()
         token: str | None = None
         while walked < min(pages, FLOOR_PAGES):
-            page = await client.list_key_versions(keys.kv_store_id, page_token=token)
+            page = await port.list_key_versions(keys.kv_store_id, page_token=token)
             walked += 1
             token = page.next_page_token or None
             if token is None:
                 break
-        return (time.perf_counter() - start) / walked, pages
+        return (time.perf_counter() - start) / walked * pages
+
+
+# ------------------------------------------------------------------------- the engines
+
+
+def postgres_dsn() -> str | None:
+    """The first DSN of the test suite's defaults that PostgreSQL accepts, or None."""
+    import asyncio
+
+    import asyncpg
+
+    async def probe(dsn: str) -> bool:
+        try:
+            conn = await asyncpg.connect(dsn, timeout=3)
+        except (TimeoutError, OSError, asyncpg.PostgresError):
+            return False
+        await conn.close()
+        return True
+
+    for dsn in POSTGRES_DEFAULT_DSNS:
+        if asyncio.run(probe(dsn)):
+            return dsn
+    return None
+
+
+def drop_schema(dsn: str, schema: str) -> None:
+    import asyncio
+
+    import asyncpg
+
+    async def drop() -> None:
+        conn = await asyncpg.connect(dsn, timeout=5)
+        try:
+            await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+        finally:
+            await conn.close()
+
+    asyncio.run(drop())
+
+
+def postgres_server(ctx: BenchContext, dsn: str) -> RunningVssServer:
+    """The bundled server on PostgreSQL, in a schema of this run's own (dropped after)."""
+    schema = f"bench_restore_{os.getpid()}_{int(time.time())}"
+    server = start_vss_server(ctx.scratch("vss-server-pg"), "--auth", "sigs", db=f"{dsn}?schema={schema}")
+    ctx.stack.callback(drop_schema, dsn, schema)  # runs after the server is stopped
+    ctx.stack.callback(stop_vss_server, server)
+    return server
+
+
+# ---------------------------------------------------------------------------- the cases
 
 
 @dataclass
-class Case:
-    data: DataSet
-    latency_ms: float
-    concurrency: int  # DEFAULT_CONCURRENCY as built
-    restored: Run
-    compared: Run | None  # the same restore at COMPARED_CONCURRENCY
-    plain: Run
-    paged: Run
-    per_page_s: float
-    pages: int
+class Compared:
+    """One store restored by the node and by the lean client, in turns."""
+
+    store: Store
+    node: list[Run]
+    lean: list[Run]
+    load_start: str
+    load_end: str
     note: str = ""
 
-    @property
-    def floor_s(self) -> float:
-        return self.per_page_s * self.pages
-
-    @property
-    def tag(self) -> str:
-        return f"{self.data.count} x {self.data.label} +{self.latency_ms:g} ms"
+    def median(self, runs: list[Run], attribute: str) -> float:
+        return statistics.median(getattr(run, attribute) for run in runs)
 
 
-async def measure(ctx: BenchContext, server, path: LatencyPath, data: DataSet, *, compare: bool, compared_first: bool,
-                  note: str = "") -> Case:
-    pid = server.process.pid
-    compared = None
-    if compare and compared_first:
-        compared = await node_restore(ctx, path, data, pid, COMPARED_CONCURRENCY)
-    restored = await node_restore(ctx, path, data, pid)
-    if compare and not compared_first:
-        compared = await node_restore(ctx, path, data, pid, COMPARED_CONCURRENCY)
-    subset = min(data.subset, data.count)
-    plain = await plain_fetch(path, data, subset, pid)
-    paged = await page_at_a_time(ctx, path, data, subset, pid)
-    per_page, pages = await listing_floor(path, data)
-    return Case(data, path.latency_ms, restorer.DEFAULT_CONCURRENCY, restored, compared, plain, paged, per_page, pages, note)
+async def compare(ctx: BenchContext, store: Store, rounds: int) -> Compared:
+    started = load()
+    node_runs: list[Run] = []
+    lean_runs: list[Run] = []
+    for r in range(rounds):
+        order = ("node", "lean") if r % 2 == 0 else ("lean", "node")
+        for client in order:
+            if client == "node":
+                node_runs.append(await node_restore(ctx, store))
+            else:
+                lean_runs.append(await lean(store))
+    return Compared(store, node_runs, lean_runs, started, load())
 
 
-def estimate_s(count: int, subset: int, rate: float, overhead_s: float, latency_ms: float, compare: bool) -> float:
-    """Seconds a case of `count` keys should take at `rate` restore keys/s: populate, the
-    restore (twice with the comparison) with its unlock around it, the plain fetch and
-    page at a time on the subset (each taken at the restore's rate) and the listing floor."""
-    subset = min(subset, count)
-    restores = 2 if compare else 1
-    return (count / POPULATE_RATE_ESTIMATE + restores * (overhead_s + count / rate) + 2 * subset / rate
-            + FLOOR_PAGES * (latency_ms / 1000 + 0.01))
-
-
-def budgeted_count(ctx: BenchContext, wanted: int, subset: int, latency_ms: float, rate: float, overhead_s: float,
-                   compare: bool, cases_left: int) -> tuple[int, str]:
-    """How many keys a case can restore in its share of the time left in the run's
-    budget, at the rate seen so far; (count, a note when it is fewer than wanted)."""
+def large_count(ctx: BenchContext, wanted: int, rate: float, lean_rate: float) -> tuple[int, str]:
+    """How many keys the large case can restore (node and lean once each, plus
+    populating) in the time left of the run's budget, at the rates seen so far."""
     remaining = ctx.remaining_s()
     if remaining is None:
         return wanted, ""
-    share = remaining / cases_left
-    projected = estimate_s(wanted, subset, rate, overhead_s, latency_ms, compare)
-    if projected <= share:
+    share = remaining * 0.6  # the round trip case comes after it
+
+    def cost(n: int) -> float:
+        return n / POPULATE_RATE + n / rate + n / lean_rate + 2.0
+
+    if cost(wanted) <= share:
         return wanted, ""
     count = wanted
-    while count > MIN_BUDGETED_KEYS and estimate_s(count, subset, rate, overhead_s, latency_ms, compare) > share * 0.8:
-        count = max(MIN_BUDGETED_KEYS, int(count * 0.8) // 100 * 100)
+    while count > MIN_LARGE_KEYS and cost(count) > share:
+        count = max(MIN_LARGE_KEYS, int(count * 0.8) // 1000 * 1000)
     return count, (
-        f"{wanted} keys were projected at {projected:.0f} s (at {rate:.0f} keys/s) against {share:.0f} s "
-        f"left for this case in the run's time budget: ran {count} keys instead"
+        f"{wanted:,} keys were projected at {cost(wanted):.0f} s (node {rate:.0f}, lean {lean_rate:.0f} keys/s) "
+        f"against {share:.0f} s left for the case in the run's time budget: ran {count:,} keys instead"
     )
+
+
+@dataclass
+class RoundTrip:
+    store: Store
+    latency_ms: float
+    via: str
+    run: Run
+    floor_s: float
 
 
 async def run(ctx: BenchContext) -> Figure:
-    server = ctx.vss_server()
-    paths = {ms_: ctx.latency(server, ms_, high_rate=True) for ms_ in LATENCIES_MS}
-    subset = ctx.pick(150, 2_000)
-    plan = [  # (the data set wanted, latency, with the concurrency comparison)
-        *((("1 KiB", ctx.pick(200, 10_000), 1024), ms_, True) for ms_ in LATENCIES_MS),
-        *((("256 B", ctx.pick(400, 100_000), 256), ms_, False) for ms_ in LATENCIES_MS),
-    ]
-    stores: dict[tuple[str, int], DataSet] = {}
-    populate_s: dict[int, float] = {}
-    rates: dict[float, float] = {}
-    overhead_s = 0.0
-    cases: list[Case] = []
-    for i, ((label, wanted, size), latency_ms, compare) in enumerate(plan):
-        rate = rates.get(latency_ms) or min(rates.values(), default=ASSUMED_RATE)
-        count, note = budgeted_count(ctx, wanted, subset, latency_ms, rate, overhead_s or ASSUMED_UNLOCK_OVERHEAD_S,
-                                     compare, len(plan) - i)
-        if (label, count) not in stores:
-            stores[(label, count)] = DataSet(label, count, size, subset, new_identity())
-            populate_s[count] = await populate(server.url, stores[(label, count)])
-        case = await measure(ctx, server, paths[latency_ms], stores[(label, count)], compare=compare,
-                             compared_first=i % 2 == 1, note=note)
-        for restored in (case.restored, case.compared):
-            if restored is not None:
-                rates[latency_ms] = min(rates.get(latency_ms, math.inf), restored.keys_per_s)
-                overhead_s = max(overhead_s, (restored.unlock_s or 0.0) - restored.seconds)
-        cases.append(case)
-    return _figure(cases, paths, populate_s)
+    rounds = ctx.pick(1, 3)
+    count = ctx.pick(1_000, 10_000)
+    engines: list[tuple[str, RunningVssServer]] = [("SQLite", ctx.vss_server())]
+    dsn = await anyio.to_thread.run_sync(postgres_dsn)
+    if dsn is not None:
+        engines.append(("PostgreSQL", postgres_server(ctx, dsn)))
+    compared: list[Compared] = []
+    populate_s: list[str] = []
+    for engine, server in engines:
+        store = Store(engine, server, count)
+        populate_s.append(f"{engine} {count:,} keys in {await populate(store):.1f} s")
+        compared.append(await compare(ctx, store, rounds))
+
+    sqlite = compared[0]
+    rate = sqlite.median(sqlite.node, "keys_per_s")
+    lean_rate = sqlite.median(sqlite.lean, "keys_per_s")
+    large_wanted = ctx.pick(5_000, 100_000)
+    large_n, note = large_count(ctx, large_wanted, rate, lean_rate)
+    large_store = Store("SQLite", sqlite.store.server, large_n)
+    populate_s.append(f"SQLite {large_n:,} keys in {await populate(large_store):.1f} s")
+    large = await compare(ctx, large_store, 1)
+    large.note = note
+
+    if ctx.latency_via(high_rate=True) == "proxy":
+        path = ctx.latency(sqlite.store.server, SLOW_MS)
+        slow_run = await node_restore(ctx, sqlite.store, path)
+        floor_s = await listing_floor(path.url, sqlite.store)
+        via = "proxy"
+    else:
+        with delayed_ports(SLOW_MS / 1000):
+            slow_run = await node_restore(ctx, sqlite.store)
+        floor_s = await listing_floor(sqlite.store.server.url, sqlite.store, SLOW_MS / 1000)
+        via = "port"
+    trip = RoundTrip(sqlite.store, SLOW_MS, via, slow_run, floor_s)
+    return _figure(compared, large, trip, populate_s)
 
 
-def _figure(cases: list[Case], paths: dict[float, LatencyPath], populate_s: dict[int, float]) -> Figure:
-    built = cases[0].concurrency
-    fig = Figure(5, "restore at unlock on a fresh data dir",
-                 ["keys x size", "latency", "unlock", "of which VssClient built", "restore", "keys/s", "MB/s",
-                  "CPU s node/server",
-                  f"restore at {COMPARED_CONCURRENCY} fetches", f"{built} / {COMPARED_CONCURRENCY} fetches",
-                  "plain fetch keys/s", "restore / plain", "page-at-a-time keys/s", "restore / page-at-a-time",
-                  "listing floor", "floor / restore"])
-    notes = []
-    for case in cases:
-        r, c = case.restored, case.compared
-        compared = "" if c is None else f"{c.seconds:.1f} s, {c.keys_per_s:.0f} keys/s (CPU {c.cpu.text()})"
-        gain = math.nan if c is None else ratio(r.keys_per_s, c.keys_per_s)
-        fig.add(f"{case.data.count} x {case.data.label}", f"+{case.latency_ms:g} ms", f"{r.unlock_s:.2f} s",
-                f"{r.client_build_s:.2f} s", f"{r.seconds:.2f} s", f"{r.keys_per_s:.0f}", f"{r.mb_per_s:.2f}", r.cpu.text(),
-                compared, "" if c is None else f"{gain:.2f}",
-                f"{case.plain.keys_per_s:.0f}", f"{ratio(r.keys_per_s, case.plain.keys_per_s):.2f}",
-                f"{case.paged.keys_per_s:.0f}", f"{ratio(r.keys_per_s, case.paged.keys_per_s):.2f}",
-                f"{case.floor_s:.1f} s ({case.pages} pages)", f"{ratio(case.floor_s, r.seconds):.2f}")
-        fig.ratio(f"{case.tag}: restore keys/s / plain fetch keys/s", ratio(r.keys_per_s, case.plain.keys_per_s))
-        fig.ratio(f"{case.tag}: restore keys/s / page-at-a-time keys/s", ratio(r.keys_per_s, case.paged.keys_per_s))
-        fig.ratio(f"{case.tag}: listing floor / restore time (1.00 = at the floor)", ratio(case.floor_s, r.seconds))
-        if c is not None:
-            fig.ratio(f"{case.tag}: restore keys/s at {built} / at {COMPARED_CONCURRENCY} fetches in flight", gain)
-        if case.note:
-            notes.append(f"{case.tag}: {case.note}")
-    subsets = ", ".join(sorted({f"{min(c.data.subset, c.data.count)} of {c.data.count}" for c in cases}))
-    vias = sorted({p.via for p in paths.values() if p.via != "none"})
-    pools = -(-NODE_CONNECTIONS // CONNECTIONS_PER_POOL)
+# ----------------------------------------------------------------------------- the figure
+
+
+def _figure(compared: list[Compared], large: Compared, trip: RoundTrip, populate_s: list[str]) -> Figure:
+    fig = Figure(5, "restore at unlock: the node against the lean reference client, same server",
+                 ["engine", "keys x 256 B", "runs", "node keys/s", "lean keys/s", "node / lean", "node CPU ms/key",
+                  "lean CPU ms/key", "server CPU ms/key (node / lean)", "node restore s (unlock s)", "load average"])
+    for case in [*compared, large]:
+        node_rate, lean_rate = case.median(case.node, "keys_per_s"), case.median(case.lean, "keys_per_s")
+        fig.add(case.store.engine, f"{case.store.count:,}", len(case.node), f"{node_rate:,.0f}", f"{lean_rate:,.0f}",
+                f"{ratio(node_rate, lean_rate):.2f}", f"{case.median(case.node, 'cpu_ms'):.3f}",
+                f"{case.median(case.lean, 'cpu_ms'):.3f}",
+                f"{case.median(case.node, 'server_cpu_ms'):.3f} / {case.median(case.lean, 'server_cpu_ms'):.3f}",
+                f"{case.median(case.node, 'seconds'):.1f} ({case.median(case.node, 'unlock_s'):.1f})",
+                f"{case.load_start} → {case.load_end}")
+    for case in compared:
+        tag = f"{case.store.engine} {case.store.count:,} x 256 B"
+        node_rate, lean_rate = case.median(case.node, "keys_per_s"), case.median(case.lean, "keys_per_s")
+        fig.ratio(f"{tag}: node keys/s / lean keys/s", ratio(node_rate, lean_rate), GOAL_LEAN_RATIO, at_least=True)
+        fig.ratio(f"{tag}: node CPU per key / {GOAL_NODE_CPU_MS} ms", case.median(case.node, "cpu_ms") / GOAL_NODE_CPU_MS,
+                  1.0)
+        if case.store.engine == "SQLite":
+            fig.ratio(f"{tag}: node keys/s / {GOAL_KEYS_PER_S:,}", node_rate / GOAL_KEYS_PER_S, 1.0, at_least=True)
+    big = large.node[0]
+    large_tag = f"SQLite {large.store.count:,} x 256 B"
+    fig.ratio(f"{large_tag}: node keys/s / lean keys/s", ratio(big.keys_per_s, large.lean[0].keys_per_s), GOAL_LEAN_RATIO,
+              at_least=True)
+    scaled_s = big.seconds * (100_000 / large.store.count)
+    scaled = "" if large.store.count == 100_000 else f" for {large.store.count:,} keys, {scaled_s:.1f} s scaled to 100,000"
+    fig.ratio(f"{large_tag}: node restore time of 100,000 keys / {GOAL_LARGE_S:g} s ({big.seconds:.1f} s{scaled})",
+              scaled_s / GOAL_LARGE_S, 1.0)
+    bound = restorer.DEFAULT_CONCURRENCY / (trip.latency_ms / 1000)
+    fig.add(f"SQLite, +{trip.latency_ms:g} ms per request", f"{trip.store.count:,}", 1, f"{trip.run.keys_per_s:,.0f}",
+            "", "", f"{trip.run.cpu_ms:.3f}", "", f"{trip.run.server_cpu_ms:.3f} / ", f"{trip.run.seconds:.1f} "
+            f"({trip.run.unlock_s or 0:.1f})", "")
+    fig.ratio(f"+{trip.latency_ms:g} ms: node keys/s / what {restorer.DEFAULT_CONCURRENCY} fetches in flight allow "
+              f"({bound:,.0f} keys/s)", ratio(trip.run.keys_per_s, bound))
+    fig.ratio(f"+{trip.latency_ms:g} ms: listing floor / restore time (1.00 = at the floor)",
+              ratio(trip.floor_s, trip.run.seconds))
+    notes = [f"{large.store.engine} large case: {large.note}"] if large.note else []
     fig.method = (
-        "in-process nodes; unlock = the whole `unlock` of a fresh data dir (building the node's VssClient, "
-        "argon2id password check, fence, wallet stream check, restore, make live); VssClient built = the "
-        "node's Node._new_client call (wrapped by the bench; near 0 where latency is injected by a transport, "
-        "which the client takes as its one pool); restore = the node's restore_kv call alone "
-        "(wrapped by the bench), from which keys/s, MB/s and CPU s come; CPU s = CPU seconds of the bench process (the node and "
-        f"its threads) / the VSS server during the restore; DEFAULT_CONCURRENCY={built} fetches in flight, "
-        f"over the node's VssClient of {NODE_CONNECTIONS} connections in {pools} pools of {CONNECTIONS_PER_POOL} "
-        f"used in turn; restore at {COMPARED_CONCURRENCY} = another fresh node with DEFAULT_CONCURRENCY patched to "
-        f"{COMPARED_CONCURRENCY} for its unlock (1 KiB sets only; the two take turns at going first); plain fetch "
-        f"= {built} raw httpx workers over pools of {CONNECTIONS_PER_POOL}, a signature reused as VssClient does "
-        f"(SIGNATURE_REUSE_S={SIGNATURE_REUSE_S:g}); page at a time = the same VssClient, {built} fetches at most, "
-        f"decrypt, stage per page; comparisons on {subsets} keys; listing floor = time per page over up to "
-        f"{FLOOR_PAGES} pages walked in sequence x pages; populated with putObjects of {POPULATE_BATCH} "
-        f"pre-encrypted values ({', '.join(f'{n} keys in {t:.0f} s' for n, t in populate_s.items())}); "
-        + "; ".join(latency_method(v) for v in vias)
-        + (f" (the fault proxy is not used here: at hundreds of requests/s with {built} in flight its own CPU per "
-           "request would be the bottleneck measured)" if "transport" in vias else "")
+        "node = a fresh data dir's unlock (init, clear_fence, unlock), in this process; its restore is the "
+        "restore_kv call that actors.unlock makes, wrapped by the bench for wall time and CPU; CPU ms/key = "
+        "user+sys CPU time of the process per key restored (this process for the node, its worker threads "
+        "included, and for the lean client; the server's from /proc/PID/stat); lean = bench/lean_client.py "
+        f"lean_restore, {LEAN_CONNECTIONS} raw keep-alive HTTP/1.1 connections, every value decrypted; the "
+        f"node with DEFAULT_CONCURRENCY={restorer.DEFAULT_CONCURRENCY} fetches in flight; one bundled server "
+        "per engine (signature auth, one process, as `vssnode vss-server` starts it), PostgreSQL in a schema "
+        "of its own; medians of the runs, node and lean taking turns at going first; values of 256 B "
+        f"populated by putObjects of {POPULATE_BATCH} pre-encrypted values ({'; '.join(populate_s)}); "
+        f"+{trip.latency_ms:g} ms: {_latency_method(trip.via)}; listing floor = time per page over up to "
+        f"{FLOOR_PAGES} pages walked in sequence x pages ({trip.floor_s:.1f} s for the store)"
         + ("; " + "; ".join(notes) if notes else "")
     )
-    fig.reading = _reading(cases)
+    fig.reading = _reading(compared, large, trip)
     return fig
 
 
-def _pace(case: Case) -> str:
-    """How busy the node and the server kept the machine's cores during a restore."""
-    busy = (case.restored.cpu.own + case.restored.cpu.server) / case.restored.seconds
-    if busy >= 0.75 * cores():
-        return f"node and server using {busy:.1f} of {cores()} cores: CPU sets the pace"
-    return (
-        f"node and server using {busy:.1f} of {cores()} cores: the rest went to waits (round trips, and at "
-        "small counts the start of the pipeline: the first page, new connections) or to other work on the machine"
+def _latency_method(via: str) -> str:
+    if via == "port":
+        return ("latency injected in-process by DelayedPort: the node's own VssClient, each call made after a sleep "
+                "of that long (its engine and bare getObject path unchanged)")
+    return latency_method(via)
+
+
+def _reading(compared: list[Compared], large: Compared, trip: RoundTrip) -> str:
+    out = []
+    for case in compared:
+        node_cpu, lean_cpu = case.median(case.node, "cpu_ms"), case.median(case.lean, "cpu_ms")
+        server_node, server_lean = case.median(case.node, "server_cpu_ms"), case.median(case.lean, "server_cpu_ms")
+        busy = (node_cpu + server_node) * case.median(case.node, "keys_per_s") / 1000
+        out.append(
+            f"{case.store.engine}: the node spends {node_cpu:.3f} ms of CPU per key against the lean client's "
+            f"{lean_cpu:.3f} ms ({node_cpu - lean_cpu:+.3f} ms: the node's own layers), the server "
+            f"{server_node:.3f} ms per key under the node and {server_lean:.3f} ms under the lean client; node and "
+            f"server kept {busy:.1f} of {cores()} cores busy during the node's restore."
+        )
+    big = large.node[0]
+    out.append(f"The large case restored {big.keys:,} keys in {big.seconds:.1f} s ({big.keys_per_s:,.0f} keys/s).")
+    bound = restorer.DEFAULT_CONCURRENCY / (trip.latency_ms / 1000)
+    out.append(
+        f"At +{trip.latency_ms:g} ms the round trip sets the pace: {restorer.DEFAULT_CONCURRENCY} fetches in flight "
+        f"allow {bound:,.0f} keys/s and the listing ({PAGE_SIZE} keys per round trip) "
+        f"{PAGE_SIZE / (trip.latency_ms / 1000):,.0f} keys/s; the node ran at {trip.run.keys_per_s:,.0f} keys/s."
     )
-
-
-def _reading(cases: list[Case]) -> str:
-    built = cases[0].concurrency
-    out = [
-        "the protocol has no batched get: every key is one getObject, signed with a header the client reuses "
-        f"for {SIGNATURE_REUSE_S:g} s, over small pools so httpcore's per-request bookkeeping stays flat."
-    ]
-    local = [c for c in cases if c.latency_ms == 0]
-    if local:
-        node_ms = sum(c.restored.cpu.own for c in local) / sum(c.restored.keys for c in local) * 1000
-        server_ms = sum(c.restored.cpu.server for c in local) / sum(c.restored.keys for c in local) * 1000
-        largest = max(local, key=lambda c: c.restored.keys)
-        out.append(
-            f"At 0 ms each key costs {node_ms:.2f} ms of node CPU (protobuf, decryption, httpx, staging) and "
-            f"{server_ms:.2f} ms of server CPU (Quart, signature check, SQLite); the largest case ran at "
-            f"{largest.restored.keys_per_s:.0f} keys/s with {_pace(largest)}."
-        )
-    far = [c for c in cases if c.latency_ms > 0]
-    if far:
-        rtt_s = far[0].latency_ms / 1000
-        largest = max(far, key=lambda c: c.restored.keys)
-        out.append(
-            f"At +{far[0].latency_ms:g} ms, {built} fetches in flight allow at most {built / rtt_s:,.0f} keys/s and "
-            f"the listing (one page of {PAGE_SIZE} keys per round trip, the listing floor) {PAGE_SIZE / rtt_s:,.0f} "
-            f"keys/s; the largest case ran at {largest.restored.keys_per_s:.0f} keys/s with {_pace(largest)}."
-        )
-    compared = [c for c in cases if c.compared is not None]
-    if compared:
-        out.append(
-            f"{built} against {COMPARED_CONCURRENCY} fetches in flight: "
-            + ", ".join(f"{ratio(c.restored.keys_per_s, c.compared.keys_per_s):.2f}x at +{c.latency_ms:g} ms"
-                        for c in compared if c.compared is not None)
-            + "; more fetches in flight only help where the round trip, not CPU, is the limit."
-        )
-    overheads = [(c.restored.unlock_s - c.restored.seconds, c) for c in cases if c.restored.unlock_s is not None]
-    if overheads:
-        low, high = min(o for o, _ in overheads), max(o for o, _ in overheads)
-        dominated = [c for o, c in overheads if o > c.restored.seconds]
-        builds = [c.restored.client_build_s for c in cases]
-        out.append(
-            f"The unlock adds {low:.2f}-{high:.2f} s around the restore, of which building the node's VssClient "
-            f"takes up to {max(builds):.2f} s"
-            + (" (each of its httpx pools loads an SSL context of its own; not where an injected transport is "
-               "its one pool)" if max(builds) > 0.1 else "")
-            + ", the rest being the argon2id password check, the fence and the wallet stream's check"
-            + (f": in {len(dominated)} of {len(overheads)} cases more than the restore itself, which is why keys/s "
-               "is taken from the restore alone." if dominated else ".")
-        )
-    out.append("Page at a time adds a listing round trip and the slowest fetch of each page, serially.")
     return " ".join(out)
 
 
 if __name__ == "__main__":
-    standalone(run, "Figure 5: restore throughput")
+    standalone(run, "Figure 5: restore, the node against the lean reference client")

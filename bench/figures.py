@@ -51,7 +51,7 @@ class Figure:
     title: str
     columns: list[str]
     rows: list[list[str]] = field(default_factory=list)
-    ratios: list[tuple[str, float, float | None]] = field(default_factory=list)  # (name, value, target)
+    ratios: list[Ratio] = field(default_factory=list)
     method: str = ""
     reading: str = ""
     seconds: float = 0.0
@@ -59,19 +59,20 @@ class Figure:
     def add(self, *cells: object) -> None:
         self.rows.append([str(c) for c in cells])
 
-    def ratio(self, name: str, value: float, target: float | None = None) -> None:
-        self.ratios.append((name, value, target))
+    def ratio(self, name: str, value: float, target: float | None = None, *, at_least: bool = False) -> None:
+        """A headline ratio; with a target, met when at most it (`at_least`: at least it)."""
+        self.ratios.append(Ratio(name, value, target, at_least))
 
     def text(self) -> str:
         """The figure as plain text for the terminal."""
         widths = [len(c) for c in self.columns]
         for row in self.rows:
-            widths = [max(w, len(cell)) for w, cell in zip(widths, row)]
-        line = lambda cells: "  ".join(cell.ljust(w) for cell, w in zip(cells, widths)).rstrip()  # noqa: E731
+            widths = [max(w, len(cell)) for w, cell in zip(widths, row, strict=True)]
+        line = lambda cells: "  ".join(cell.ljust(w) for cell, w in zip(cells, widths, strict=True)).rstrip()  # noqa: E731
         out = [f"== Figure {self.number}: {self.title} ({self.seconds:.0f} s)", line(self.columns)]
         out += [line(row) for row in self.rows]
-        for name, value, target in self.ratios:
-            out.append(f"   ratio {name}: {fmt_ratio(value)}{_target_note(value, target)}")
+        for r in self.ratios:
+            out.append(f"   ratio {r.name}: {fmt_ratio(r.value)}{r.note()}")
         if self.method:
             out.append(f"   method: {self.method}")
         if self.reading:
@@ -84,8 +85,8 @@ class Figure:
         out.append("|" + "---|" * len(self.columns))
         out += ["| " + " | ".join(row) + " |" for row in self.rows]
         out.append("")
-        for name, value, target in self.ratios:
-            out.append(f"- ratio {name}: **{fmt_ratio(value)}**{_target_note(value, target)}")
+        for r in self.ratios:
+            out.append(f"- ratio {r.name}: **{fmt_ratio(r.value)}**{r.note()}")
         if self.method:
             out.append(f"- method: {self.method}")
         if self.reading:
@@ -94,10 +95,29 @@ class Figure:
         return "\n".join(out)
 
 
-def _target_note(value: float, target: float | None) -> str:
-    if target is None or math.isnan(value):
-        return ""
-    return f" (target <= {target:.2f}: {'met' if value <= target else 'MISSED'})"
+@dataclass(frozen=True)
+class Ratio:
+    """A figure's headline ratio, and the target it is held to (if any)."""
+
+    name: str
+    value: float
+    target: float | None = None
+    at_least: bool = False  # the target is a floor, not a ceiling
+
+    @property
+    def verdict(self) -> str:
+        """"met", "MISSED", or "" when there is no target (or no value)."""
+        if self.target is None or math.isnan(self.value):
+            return ""
+        met = self.value >= self.target if self.at_least else self.value <= self.target
+        return "met" if met else "MISSED"
+
+    @property
+    def target_text(self) -> str:
+        return "" if self.target is None else f"{'>=' if self.at_least else '<='} {self.target:.2f}"
+
+    def note(self) -> str:
+        return f" (target {self.target_text}: {self.verdict})" if self.verdict else ""
 
 
 # ----------------------------------------------------------------------------- machine

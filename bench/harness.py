@@ -9,25 +9,25 @@ alone: `.venv/bin/python bench/bench_restore.py --quick` (no budget, nothing rec
 Injected latency comes from one of two places (`--latency-via auto|proxy|transport`):
 - `proxy`: the fault proxy of tests/faults (`python -m tests.faults.proxy --listen ...
   --upstream ... --latency-ms N`) as a subprocess between the node and the VSS server;
+  it works whatever carries the node's requests;
 - `transport`: `LatencyTransport`, an httpx transport that waits N ms before each
-  request, put under an in-process node's VSS client (`Node(..., vss_transport=...)`).
+  request and then sends it on the engine the node's VssClient would pick itself
+  (`NodeEngine`: aiohttp on asyncio, httpcore on trio), put under an in-process node's
+  VSS client (`Node(..., vss_transport=...)`).
 `auto` picks the proxy when its CLI answers `--help`, except for traffic of hundreds of
-requests/s with many in flight (the restore), where on a small machine the proxy's own
-CPU per request would be what is measured; the transport is used there. Each figure
-says which one produced it.
+requests/s with many in flight, where on a small machine the proxy's own CPU per
+request would be what is measured; the transport is used there. Each figure says which
+one produced it.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import functools
-import itertools
 import logging
 import os
 import shutil
 import socket
-import ssl
 import subprocess
 import sys
 import tempfile
@@ -42,12 +42,12 @@ if str(REPO_ROOT) not in sys.path:
 
 import anyio  # noqa: E402
 import httpx  # noqa: E402
-
-import vss.client  # noqa: E402
-from actors import Node  # noqa: E402
 from figures import Figure  # noqa: E402
+
+from actors import Node  # noqa: E402
 from node.config import NodeConfig  # noqa: E402
 from node.keys import NodeKeys, derive_keys, generate_mnemonic  # noqa: E402
+from node.mnemonic_vault import FAST_LIMITS  # noqa: E402
 from tests.conftest import (  # noqa: E402
     RunningVssServer,
     free_loopback_port,
@@ -55,15 +55,13 @@ from tests.conftest import (  # noqa: E402
     stop_vss_server,
 )
 from vss.client import SignatureAuth, VssClient  # noqa: E402
+from vss.transport import Connections, unused_tls_context  # noqa: E402
 
 PASSWORD = "bench password"
 VALUE_1K = 1024
 PROXY_START_TIMEOUT_S = 20.0
 QUIESCE_TIMEOUT_S = 120.0
-NODE_CONNECTIONS = 128  # what actors.supervisor gives the node's VssClient
-# How VssClient spreads its connections (small pools used in turn); mirrored wherever the
-# bench builds a pool of its own, so the bench's HTTP costs what the node's does.
-CONNECTIONS_PER_POOL: int = getattr(vss.client, "_CONNECTIONS_PER_POOL", 8)
+NODE_CONNECTIONS = 64  # what actors.node.Node._new_port gives the node's VssClient
 
 
 async def wait_until(predicate: Callable[[], Awaitable[bool]], timeout_s: float, poll_s: float = 0.02) -> float:
@@ -92,38 +90,50 @@ def patched(owner: object, name: str, value: object) -> Iterator[None]:
 # --------------------------------------------------------------------- injected latency
 
 
-@functools.cache
-def shared_ssl_context() -> ssl.SSLContext:
-    """One SSL context for every pool the bench builds: httpx loads the CA bundle anew for
-    each client or transport (~25 ms), which adds up over many small pools."""
-    return httpx.create_ssl_context()
+class NodeEngine(httpx.AsyncBaseTransport):
+    """The transport a node's VssClient would make for itself (vss.transport.Connections:
+    aiohttp on asyncio, httpcore in small pools on trio), picked at the first request,
+    for wrappers that must add something under the client and still cost what the
+    node's own requests cost. A node closes its client's transport with the client
+    (clear_fence, then unlock, each build one): a closed NodeEngine opens new
+    connections at its next request."""
+
+    def __init__(self, max_connections: int = NODE_CONNECTIONS) -> None:
+        self._max_connections = max_connections
+        self._connections: Connections | None = None
+        self.engine = "not chosen yet"
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if self._connections is None:
+            self._connections = Connections(
+                transport=None, backend="auto", max_connections=self._max_connections, tls=unused_tls_context()
+            )
+        transport = self._connections.get()
+        self.engine = self._connections.engine
+        return await transport.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        connections, self._connections = self._connections, None
+        if connections is not None:
+            await connections.aclose()
 
 
 class LatencyTransport(httpx.AsyncBaseTransport):
     """A real HTTP transport that waits `latency_s` before sending each request: a
-    round trip that costs that much more, without burning CPU on a proxy.
-
-    A VssClient given a transport uses it as its one pool, so this transport spreads its
-    connections over pools of CONNECTIONS_PER_POOL used in turn, as the client does with
-    its own: one httpcore pool of many connections costs CPU per request that grows with
-    the pool, which would otherwise be measured instead of the node."""
+    round trip that costs that much more, without burning CPU on a proxy. The request
+    then goes out on `NodeEngine`, the engine the node's client would use itself."""
 
     def __init__(self, latency_s: float, max_connections: int = NODE_CONNECTIONS) -> None:
-        per_pool = CONNECTIONS_PER_POOL
-        limits = httpx.Limits(max_connections=per_pool, max_keepalive_connections=per_pool)
-        pools = max(1, -(-max_connections // per_pool))
-        self._pools = [httpx.AsyncHTTPTransport(limits=limits, verify=shared_ssl_context()) for _ in range(pools)]
-        self._next_pool = itertools.cycle(self._pools)
+        self._inner = NodeEngine(max_connections)
         self.latency_s = latency_s
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         if self.latency_s > 0:
             await anyio.sleep(self.latency_s)
-        return await next(self._next_pool).handle_async_request(request)
+        return await self._inner.handle_async_request(request)
 
     async def aclose(self) -> None:
-        for pool in self._pools:
-            await pool.aclose()
+        await self._inner.aclose()
 
 
 def proxy_available() -> bool:
@@ -159,30 +169,10 @@ def latency_method(via: str) -> str:
         return "latency injected by the fault proxy subprocess (python -m tests.faults.proxy --latency-ms N)"
     if via == "transport":
         return (
-            "latency injected in-process by bench/harness.py LatencyTransport (a sleep before each VSS request; "
-            f"its connections in pools of {CONNECTIONS_PER_POOL} used in turn, as VssClient's own)"
+            "latency injected in-process by bench/harness.py LatencyTransport (a sleep before each VSS request, "
+            "then the engine the node's VssClient picks itself: aiohttp on asyncio)"
         )
     return "no latency injected"
-
-
-class ShardedHttp:
-    """Several small httpx pools used in turn, as VssClient does: one pool with many
-    connections costs CPU per request that grows with the pool (httpcore 1.0 scans every
-    connection for every queued request), which a fetch floor must not include."""
-
-    def __init__(self, transport_factory: Callable[[], httpx.AsyncBaseTransport | None], shards: int, per_shard: int) -> None:
-        limits = httpx.Limits(max_connections=per_shard, max_keepalive_connections=per_shard)
-        self.clients = [
-            httpx.AsyncClient(transport=transport_factory(), limits=limits, timeout=60.0, verify=shared_ssl_context())
-            for _ in range(shards)
-        ]
-
-    def client(self, index: int) -> httpx.AsyncClient:
-        return self.clients[index % len(self.clients)]
-
-    async def aclose(self) -> None:
-        for client in self.clients:
-            await client.aclose()
 
 
 # ---------------------------------------------------------------------------- processes
@@ -346,7 +336,9 @@ async def running_node(
 ) -> AsyncIterator[Node]:
     """An in-process node, initialised and unlocked, locked again on the way out."""
     identity = identity or new_identity()
-    config = NodeConfig(data_dir=data_dir, vss_url=vss_url, vss_allow_empty_restore=allow_empty_restore)
+    config = NodeConfig(
+        data_dir=data_dir, vss_url=vss_url, vss_allow_empty_restore=allow_empty_restore, vault_limits=FAST_LIMITS
+    )
     async with Node.open(config, vss_transport=transport) as node:
         await node.init(PASSWORD, identity.mnemonic)
         await node.unlock(PASSWORD)

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import math
 import os
 import subprocess
 import sys
@@ -28,7 +27,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import anyio
-
 import bench_group_commit
 import bench_replication
 import bench_restore
@@ -84,9 +82,8 @@ def run_server_bench(args: argparse.Namespace, timeout_s: float) -> str:
 def summary_lines(figures: list[Figure]) -> list[str]:
     lines = []
     for fig in figures:
-        for name, value, target in fig.ratios:
-            verdict = "" if target is None or math.isnan(value) else ("met" if value <= target else "MISSED")
-            lines.append(f"| {fig.number} | {name} | {fmt_ratio(value)} | {'' if target is None else f'<= {target:.2f}'} | {verdict} |")
+        for r in fig.ratios:
+            lines.append(f"| {fig.number} | {r.name} | {fmt_ratio(r.value)} | {r.target_text} | {r.verdict} |")
     return lines
 
 
@@ -117,7 +114,7 @@ def main() -> int:
     wanted = None if not args.only else {int(part) for part in args.only.split(",") if part.strip()}
     budget = args.budget_s or (105.0 if args.quick else 840.0)
     start = time.monotonic()
-    started = dt.datetime.now(dt.timezone.utc)
+    started = dt.datetime.now(dt.UTC)
     machine = machine_summary()
     print(f"machine: {machine}", flush=True)
     proxy_ok = args.latency_via != "transport" and proxy_available()
@@ -154,9 +151,8 @@ def main() -> int:
     seconds = time.monotonic() - start
     print(f"== Every ratio ({'quick' if args.quick else 'full'} run, {seconds:.0f} s of a {budget:.0f} s budget)")
     for fig in figures:
-        for name, value, target in fig.ratios:
-            note = "" if target is None or math.isnan(value) else f"  (target <= {target:.2f}: {'met' if value <= target else 'MISSED'})"
-            print(f"  fig {fig.number}  {fmt_ratio(value):>8}  {name}{note}")
+        for r in fig.ratios:
+            print(f"  fig {fig.number}  {fmt_ratio(r.value):>8}  {r.name}{r.note()}")
     for failure in failures:
         print(f"  FAILED {failure}")
     if not args.no_record:

@@ -12,7 +12,13 @@ Format facts (docs/FORMAT.md, "Encryption"):
 - KV value: `0x01 || salt32 || prefix19 || STREAM-ciphertext`.
 
 `StreamEncryptor` and `StreamDecryptor` work incrementally, so a wallet of any size
-is processed a block at a time; the one-shot functions are thin wrappers over them.
+is processed a block at a time; `stream_encrypt` is a thin wrapper over the first.
+Opening a whole ciphertext at once (`stream_decrypt`, `decrypt_value`: a restore does
+it once per key) takes a shorter way to the same result: every segment is opened
+straight from the stored bytes into one output buffer through libsodium's function as
+PyNaCl's own cffi module exposes it, without the per-call copies and checks of PyNaCl's
+Python wrapper (for a 256-byte value 9 us instead of 18). Without that module
+it falls back to PyNaCl's public binding.
 A decryptor hands out each segment's plaintext as soon as its tag checks, but the
 stream as a whole is only authentic once `finalize()` has returned: callers write
 that plaintext somewhere temporary and use it only after `finalize()`.
@@ -33,8 +39,15 @@ from nacl.bindings import (
 )
 from nacl.exceptions import CryptoError
 
+try:  # PyNaCl's cffi module, which nacl.bindings itself is written on
+    from nacl._sodium import ffi as _ffi
+    from nacl._sodium import lib as _lib
+except ImportError:  # pragma: no cover - a PyNaCl without it: the public binding is used
+    _ffi = _lib = None
+
 KV_INFO = b"rgb-ln-vss-kv-encryption-v1"
 WALLET_INFO = b"rgb-lib-vss-backup-encryption-v1"
+_KV_INFO_BLOCK_1 = KV_INFO + b"\x01"  # HKDF expand: T(1) = HMAC(PRK, info || 0x01)
 
 KEY_SIZE = 32
 SALT_SIZE = 32
@@ -52,6 +65,7 @@ _HASH_LEN = 32
 _NOT_LAST = b"\x00"
 _LAST = b"\x01"
 _counter = struct.Struct(">I")
+_NONCE_SIZE = PREFIX_SIZE + 5  # prefix19 || uint32_be(i) || last_flag
 
 
 class DecryptionError(ValueError):
@@ -185,14 +199,62 @@ def stream_encrypt(key: bytes, prefix19: bytes, plaintext: bytes) -> bytes:
 def stream_decrypt(key: bytes, prefix19: bytes, ciphertext: bytes) -> bytes:
     """Open a STREAM ciphertext; raises DecryptionError on a wrong key, corruption,
     reordering or truncation."""
-    decryptor = StreamDecryptor(key, prefix19)
-    head = decryptor.update(ciphertext)
-    return head + decryptor.finalize()
+    _check_key_and_prefix(key, prefix19)
+    return _open_all(bytes(key), bytes(prefix19), ciphertext, 0)
+
+
+def _open_all(key: bytes, prefix: bytes, data: bytes, start: int) -> bytes:
+    """Open the STREAM ciphertext `data[start:]` whole: what StreamDecryptor's update()
+    and finalize() give for it, read in place (no copy of the ciphertext is made)."""
+    length = len(data) - start
+    tail = length % SEALED_SEGMENT  # the final segment; a multiple of 255 has none
+    if tail == 0:
+        raise DecryptionError("ciphertext is truncated (no final segment): corrupted or incomplete data")
+    if tail < TAG_SIZE:
+        raise DecryptionError(
+            f"ciphertext ends with a {tail}-byte fragment, shorter than a tag: corrupted or incomplete data"
+        )
+    full = length // SEALED_SEGMENT
+    if full >= _MAX_SEGMENTS:
+        raise ValueError("STREAM segment counter exhausted (over 2**32 segments)")
+    if _lib is None or _ffi is None:  # pragma: no cover - exercised by a test that removes the module
+        return _open_all_public(key, prefix, data, start, full, tail)
+    nonce = bytearray(_NONCE_SIZE)
+    nonce[:PREFIX_SIZE] = prefix
+    out = bytearray(full * PLAIN_SEGMENT + tail - TAG_SIZE)
+    nonce_p, src, dst = _ffi.from_buffer(nonce), _ffi.from_buffer(data) + start, _ffi.from_buffer(out)
+    null, open_ = _ffi.NULL, _lib.crypto_aead_xchacha20poly1305_ietf_decrypt
+    for index in range(full + 1):
+        _counter.pack_into(nonce, PREFIX_SIZE, index)
+        size = SEALED_SEGMENT
+        if index == full:
+            nonce[-1] = 1
+            size = tail
+        if open_(dst + index * PLAIN_SEGMENT, null, null, src + index * SEALED_SEGMENT, size, null, 0, nonce_p, key):
+            raise DecryptionError(f"authentication failed at segment {index}: wrong mnemonic or corrupted data")
+    return bytes(out)
+
+
+def _open_all_public(key: bytes, prefix: bytes, data: bytes, start: int, full: int, tail: int) -> bytes:
+    """`_open_all` through PyNaCl's public binding, one segment at a time."""
+    view = memoryview(data)[start:]
+    out = []
+    for index in range(full + 1):
+        last = index == full
+        segment = view[index * SEALED_SEGMENT : index * SEALED_SEGMENT + (tail if last else SEALED_SEGMENT)]
+        nonce = prefix + _counter.pack(index) + (_LAST if last else _NOT_LAST)
+        try:
+            out.append(_aead_open(segment.tobytes(), None, nonce, key))
+        except CryptoError:
+            raise DecryptionError(f"authentication failed at segment {index}: wrong mnemonic or corrupted data") from None
+    return b"".join(out)
 
 
 def kv_value_key(signing_key: bytes, salt: bytes) -> bytes:
-    """The STREAM key of one KV value."""
-    return hkdf_sha256(signing_key, salt, KV_INFO)
+    """The STREAM key of one KV value: HKDF-SHA256 of 32 bytes, whose expand step is a
+    single HMAC block (written out here: it runs once per value restored)."""
+    prk = hmac.digest(salt, signing_key, "sha256")
+    return hmac.digest(prk, _KV_INFO_BLOCK_1, "sha256")
 
 
 def wallet_key(signing_key: bytes, salt: bytes) -> bytes:
@@ -237,5 +299,5 @@ def decrypt_value(signing_key: bytes, stored: bytes) -> bytes:
             "corrupted data or an unsupported format"
         )
     salt = stored[1 : 1 + SALT_SIZE]
-    prefix = stored[1 + SALT_SIZE : _VALUE_HEADER]
-    return stream_decrypt(kv_value_key(signing_key, salt), prefix, stored[_VALUE_HEADER:])
+    prefix = bytes(stored[1 + SALT_SIZE : _VALUE_HEADER])
+    return _open_all(kv_value_key(signing_key, salt), prefix, stored, _VALUE_HEADER)

@@ -243,3 +243,67 @@ def test_value_rejects_bad_salt_size():
         encrypt_value(SIGNING_KEY, b"v", salt=bytes(31))
     with pytest.raises(ValueError):
         encrypt_value(SIGNING_KEY, b"v", prefix=bytes(18))
+
+
+# ------------------------------------------------- the one-pass open, and its fallback
+
+
+def _by_segments(key: bytes, prefix: bytes, ciphertext: bytes) -> bytes:
+    """The reference: the incremental decryptor, fed one byte at a time at the start."""
+    decryptor = StreamDecryptor(key, prefix)
+    head = b"".join(decryptor.update(ciphertext[i : i + 1]) for i in range(min(3, len(ciphertext))))
+    return head + decryptor.update(ciphertext[3:]) + decryptor.finalize()
+
+
+LENGTHS = [0, 1, 16, 238, 239, 240, 256, 477, 478, 479, 1024, 239 * 7, 239 * 7 + 1, 65_536 + 17]
+
+
+@pytest.fixture(params=["libsodium", "public binding"])
+def open_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    if request.param == "public binding":
+        import node.crypto as crypto_module
+
+        monkeypatch.setattr(crypto_module, "_lib", None)
+    return str(request.param)
+
+
+@pytest.mark.parametrize("length", LENGTHS)
+def test_whole_open_matches_the_incremental_one(length: int, open_path: str) -> None:
+    plaintext = os.urandom(length)
+    ciphertext = stream_encrypt(KEY, PREFIX, plaintext)
+    assert stream_decrypt(KEY, PREFIX, ciphertext) == _by_segments(KEY, PREFIX, ciphertext) == plaintext
+    stored = encrypt_value(SIGNING_KEY, plaintext)
+    assert decrypt_value(SIGNING_KEY, stored) == plaintext
+    assert decrypt_value(SIGNING_KEY, bytearray(stored)) == plaintext
+
+
+@pytest.mark.parametrize("length", [0, 239, 700])
+def test_whole_open_names_the_segment_that_fails(length: int, open_path: str) -> None:
+    ciphertext = stream_encrypt(KEY, PREFIX, os.urandom(length))
+    segments = len(ciphertext) // 255 + 1
+    for index in range(segments):
+        damaged = bytearray(ciphertext)
+        damaged[min(index * 255 + 3, len(damaged) - 1)] ^= 0x01
+        with pytest.raises(DecryptionError, match=f"at segment {index}: {WRONG}"):
+            stream_decrypt(KEY, PREFIX, bytes(damaged))
+    with pytest.raises(DecryptionError, match="truncated"):
+        stream_decrypt(KEY, PREFIX, ciphertext + bytes(255 - len(ciphertext) % 255))
+    with pytest.raises(DecryptionError, match="fragment"):
+        stream_decrypt(KEY, PREFIX, ciphertext[: len(ciphertext) // 255 * 255] + bytes(15))
+    with pytest.raises(DecryptionError, match=WRONG):
+        stream_decrypt(bytes(32), PREFIX, ciphertext)
+
+
+def test_whole_open_checks_key_and_prefix_sizes() -> None:
+    ciphertext = stream_encrypt(KEY, PREFIX, b"x")
+    with pytest.raises(ValueError, match="key"):
+        stream_decrypt(bytes(31), PREFIX, ciphertext)
+    with pytest.raises(ValueError, match="prefix"):
+        stream_decrypt(KEY, bytes(18), ciphertext)
+
+
+def test_kv_value_key_is_the_hkdf_of_its_salt() -> None:
+    from node.crypto import kv_value_key
+
+    for salt in (bytes(32), os.urandom(32)):
+        assert kv_value_key(SIGNING_KEY, salt) == hkdf_sha256(SIGNING_KEY, salt, KV_INFO)

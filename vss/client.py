@@ -25,8 +25,14 @@ CONFLICT and the caller, which knows what it wrote, decides.
 
 Requests go straight to the transport as `httpx.Request`s, not through
 `httpx.AsyncClient`: its cookie jar, auth flow, redirects and URL merging cost about a
-third of the client's CPU per call and do nothing for VSS. Tests drive the client
-with `httpx.MockTransport` passed as `transport=`.
+third of the client's CPU per call and do nothing for VSS. getObject, the call a
+restore makes once per key, goes further on the client's own asyncio engine: it is
+sent as bare bytes on keep-alive HTTP/1.1 connections of the engine's own
+(`vss.transport.KeepAlivePool`), without httpx's or aiohttp's request and response
+objects, with the same headers, limits, errors and retries as every other call.
+Under a caller's transport every call goes through httpx, so what the caller wraps
+sees all of them. Tests drive the client with `httpx.MockTransport` passed as
+`transport=`.
 """
 
 from __future__ import annotations
@@ -96,7 +102,8 @@ class VssClient:
 
     - `transport`: an httpx transport to send every request on (tests, fault
       injection); then `max_connections`, `ca_file` and `http_backend` do not apply.
-    - `max_connections`: connections kept to the server at most.
+    - `max_connections`: connections kept to the server at most (on asyncio, by
+      getObject and by the other calls each: they keep connections of their own).
     - `max_response_bytes`: the most of a response body ever read; a longer one is
       abandoned and raised as a retryable VssUnavailableError. Give it the largest
       value the caller stores, plus headroom.
@@ -137,6 +144,7 @@ class VssClient:
         self._auth = auth
         self._retry = retry
         self._max_response_bytes = max_response_bytes
+        self._timeout_s = timeout_s
         self._extensions = {"timeout": httpx.Timeout(timeout_s).as_dict()}
         # The CAs are loaded now, once, so a bad ca_file fails here and not per call.
         needs_tls = ca_file is not None or (url.scheme == "https" and transport is None)
@@ -319,14 +327,20 @@ class VssClient:
             headers.update(self._auth.headers())
         if self._url_authorization is not None:
             headers["Authorization"] = self._url_authorization
-        request = httpx.Request("POST", self._urls[method], headers=headers, content=body, extensions=self._extensions)
         connections = self._connections
         try:
-            response = await connections.get().handle_async_request(request)
-            try:
-                content = await read_body(response, self._max_response_bytes)
-            finally:
-                await response.aclose()
+            bare = connections.bare(method, self._urls[method]) if method == "getObject" else None
+            if bare is not None:
+                status, content = await bare.post(headers, body, limit=self._max_response_bytes, timeout_s=self._timeout_s)
+            else:
+                request = httpx.Request("POST", self._urls[method], headers=headers, content=body,
+                                        extensions=self._extensions)
+                response = await connections.get().handle_async_request(request)
+                try:
+                    content = await read_body(response, self._max_response_bytes)
+                finally:
+                    await response.aclose()
+                status = response.status_code
         except BodyTooLarge as exc:
             raise VssUnavailableError(
                 f"VSS {method}: {exc} (the client's max_response_bytes); is a proxy in the way?"
@@ -337,7 +351,7 @@ class VssClient:
             raise VssUnavailableError(
                 f"VSS {method}: could not reach {self._display_url} ({describe_failure(exc)})"
             ) from exc
-        if response.status_code == 200:
+        if status == 200:
             parsed: _ResponseT = response_type()
             try:
                 parsed.ParseFromString(content)
@@ -352,7 +366,7 @@ class VssClient:
                     "is a proxy in the way?"
                 )
             return parsed
-        raise error_from_response(method, response.status_code, content, self._display_url)
+        raise error_from_response(method, status, content, self._display_url)
 
 
 def _basic_authorization(url: httpx.URL) -> str | None:
