@@ -9,7 +9,8 @@ Guarantees: each caller is answered only after its change is durable (one fsync'
 transaction per group of queued writes: group commit), and every change to be
 replicated carries a durable unsynced marker from that same transaction, so a full
 channel or a crash never loses what is owed. Bookkeeping (cleared markers, the stores'
-global versions) shares one cheaper transaction per group. Whatever happens to a group
+global versions) rides in the writes' transaction when the group has writes, else in
+one cheaper transaction without an fsync of its own. Whatever happens to a group
 taken from the inbox (a disk error, the node locking mid-commit), every caller in it is
 answered. It never waits on the network.
 """
@@ -32,6 +33,7 @@ from actors.messages import (
     ReplicatorMessage,
     Rescan,
     RetryMessage,
+    StoreKind,
     WriteRequest,
     WriterMessage,
 )
@@ -72,17 +74,20 @@ class LocalWriter:
             try:
                 while True:
                     group = [await self._inbox.receive()]
-                    while len(group) < MAX_GROUP:
-                        try:
-                            group.append(self._inbox.receive_nowait())
-                        except (anyio.WouldBlock, anyio.EndOfStream):
-                            break
+                    self._take_queued(group)
                     try:
                         seq = await self._handle(group, seq)
                     finally:
                         _refuse(group)  # whoever this group did not answer (cancelled) hears it
             finally:
                 self._refuse_queued()
+
+    def _take_queued(self, group: list[WriterMessage]) -> None:
+        while len(group) < MAX_GROUP:
+            try:
+                group.append(self._inbox.receive_nowait())
+            except (anyio.WouldBlock, anyio.EndOfStream):
+                return
 
     def _refuse_queued(self) -> None:
         """Stopping (lock): whoever still waits on a queued message hears that it was not done."""
@@ -94,10 +99,15 @@ class LocalWriter:
             _refuse([message])
 
     async def _handle(self, group: Sequence[WriterMessage], seq: int) -> int:
-        await self._bookkeeping(group)
         writes = [m for m in group if isinstance(m, WriteRequest)]
+        cleared, versions = _bookkeeping_of(group)
         if writes:
-            seq = await self._commit(writes, seq)
+            seq = await self._commit(writes, seq, cleared, versions)
+        elif cleared or versions:
+            await anyio.to_thread.run_sync(self._store.apply_bookkeeping, cleared, versions)
+        for message in group:
+            if isinstance(message, (ClearMarkers, RecordStoreVersion)):
+                message.reply.set()
         if any(isinstance(m, OweAll) for m in group):
             seq = await self._owe_all(seq)
         owed = [t for m in group if isinstance(m, OweKeys) for t in m.triples]
@@ -108,26 +118,22 @@ class LocalWriter:
                 message.reply.set()
         return seq
 
-    async def _bookkeeping(self, group: Sequence[WriterMessage]) -> None:
-        cleared = [pair for m in group if isinstance(m, ClearMarkers) for pair in m.sent]
-        records = [m for m in group if isinstance(m, RecordStoreVersion)]
-        if not cleared and not records:
-            return
-        versions = {RECORD_SETTING[m.kind]: str(m.version).encode() for m in records}
-        await anyio.to_thread.run_sync(self._store.apply_bookkeeping, cleared, versions)
-        for record in records:
-            record.reply.set()
-
-    async def _commit(self, writes: list[WriteRequest], seq: int) -> int:
+    async def _commit(
+        self, writes: list[WriteRequest], seq: int, cleared: list[tuple[Triple, int]], versions: dict[str, bytes]
+    ) -> int:
         changes = [w.change for w in writes]
         try:
             await anyio.to_thread.run_sync(
-                lambda: self._store.apply_writes(changes, seq, track_unsynced=self.replicating)
+                lambda: self._store.apply_writes(
+                    changes, seq, track_unsynced=self.replicating, cleared=cleared, settings=versions
+                )
             )
         except Exception as exc:  # the disk failed: every caller of this group hears it
             log.error("local commit failed: %s", exc)
             for request in writes:
                 request.reply.fail(exc)
+            if cleared or versions:  # the bookkeeping does not depend on the writes: on its own
+                await anyio.to_thread.run_sync(self._store.apply_bookkeeping, cleared, versions)
             return seq
         self._metrics.local_commits.inc()
         for i, request in enumerate(writes):
@@ -170,7 +176,20 @@ class LocalWriter:
             pass  # tried again after the next commit; the retry-queue also sweeps
 
 
+def _bookkeeping_of(group: Sequence[WriterMessage]) -> tuple[list[tuple[Triple, int]], dict[str, bytes]]:
+    """The markers to clear and the store versions to record, of one group."""
+    cleared: list[tuple[Triple, int]] = []
+    versions: dict[str, bytes] = {}
+    for message in group:  # in order: a later version of a store replaces an earlier one
+        if isinstance(message, ClearMarkers):
+            cleared.extend(message.sent)
+            versions[RECORD_SETTING[StoreKind.KV]] = str(message.store_version).encode()
+        elif isinstance(message, RecordStoreVersion):
+            versions[RECORD_SETTING[message.kind]] = str(message.version).encode()
+    return cleared, versions
+
+
 def _refuse(messages: Sequence[WriterMessage]) -> None:
     for message in messages:
-        if isinstance(message, (WriteRequest, Flush, RecordStoreVersion)):
+        if isinstance(message, (WriteRequest, Flush, RecordStoreVersion, ClearMarkers)):
             message.reply.fail(NodeLocked("the node was locked before this write was committed"))

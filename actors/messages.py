@@ -89,15 +89,20 @@ class WriteRequest:
 
 @dataclass
 class ClearMarkers:
-    """replicator → local-writer: these (key, seq) reached the server."""
+    """replicator → local-writer: these (key, seq) reached the server, after which the
+    KV store's global version is `store_version`; answered once recorded (before the
+    replicator lets its next batch go)."""
 
     sent: list[tuple[Triple, int]]
+    store_version: int
+    reply: Reply[None] = field(default_factory=Reply)
 
 
 @dataclass
 class RecordStoreVersion:
-    """guard → local-writer: the store's global version is now `version`; answered once
-    recorded (before the guard lets the next write of that store go)."""
+    """guard → local-writer: the store's global version is now `version` (the wallet
+    store's after each write, either store's after an acquire); answered once recorded
+    (before the guard lets the next write of that store go)."""
 
     kind: StoreKind
     version: int

@@ -4,8 +4,9 @@ Owns: the fencing state of both stores, each store's `global_version` as the tok
 its next write must carry, and (KV) the version of the fence key; whether the node is
 fenced out or diverged.
 Receives: FencedPut (replicator for the KV store, wallet uploader for the wallet store).
-Sends: putObjects; RecordStoreVersion, OweAll to the local-writer; OweWallet to the
-wallet-keeper; one report (fenced, diverged) to the node.
+Sends: putObjects; RecordStoreVersion (after an acquire, and after each wallet write:
+the replicator records the KV store's own after each KV batch) and OweAll to the
+local-writer; OweWallet to the wallet-keeper; one report (fenced, diverged) to the node.
 
 The fence is the key `__rln_instance__` of the KV store, holding the owner's instance
 id. Each store has a token, its `global_version`, which only ever grows: every write
@@ -321,7 +322,11 @@ class OwnershipGuard:
                 continue
             fence.token += 1
             fence.fence_version += 1
-            await self._record(fence)
+            if fence.kind is StoreKind.WALLET:
+                await self._record(fence)
+            # The KV store's version is recorded by the replicator, in the same
+            # transaction as the markers this write clears (ClearMarkers), before its
+            # next batch: the KV write path pays for one bookkeeping commit, not two.
             return fence.token
         raise ConflictError(f"writes to the {fence.kind.value} store kept conflicting although this node holds it")
 

@@ -4,8 +4,9 @@ Owns: the keys it is about to send, whether the server looked healthy at the las
 attempt, the keys the server refused (with why), the callers waiting for a key to land
 (durability=remote), and the figures it publishes (`ReplicationStatus`).
 Receives: KeysChanged (local-writer), RetryBatch (retry-queue), SendNow (api).
-Sends: FencedPut to the ownership-guard; ClearMarkers to the local-writer; Deferred,
-Succeeded and ReplicationStopped to the retry-queue.
+Sends: FencedPut to the ownership-guard; ClearMarkers (with the store's new version,
+waited for) to the local-writer; Deferred, Succeeded and ReplicationStopped to the
+retry-queue.
 
 Guarantees:
 - one batch in flight at a time; each key's value is read from the local store right
@@ -232,7 +233,8 @@ class Replicator:
         items, deletes = await self._encode(batch)
         put = FencedPut(StoreKind.KV, items, deletes)
         await self._guard.send(put)
-        await put.reply.wait()
+        version = await put.reply.wait()
+        assert version is not None
         self._healthy = True
         self._metrics.replicated_keys.inc(len(batch))
         self._metrics.replication_batches.inc()
@@ -248,7 +250,11 @@ class Replicator:
                 self._rejected_retry_at.pop(owed.triple, None)
                 self._publish_rejected()
             self._answer_waiters(owed.triple, owed.seq)
-        await self._writer.send(ClearMarkers([(o.triple, o.seq) for o in batch]))
+        # Recorded with the store's new version before the next batch goes: a crash then
+        # leaves at most one batch on the server that this node did not record.
+        clear = ClearMarkers([(o.triple, o.seq) for o in batch], version)
+        await self._writer.send(clear)
+        await clear.reply.wait()
         await self._retry_queue.send(Succeeded(len(batch)))
 
     async def _on_failure(self, exc: VssError, unsent: list[Triple]) -> None:

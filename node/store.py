@@ -78,6 +78,16 @@ def _connect(path: Path) -> sqlite3.Connection:
     return conn
 
 
+def _bookkeeping(conn: sqlite3.Connection, cleared: Iterable[tuple[Triple, int]], settings: dict[str, bytes]) -> None:
+    """Clear the markers of changes that reached the server (only at the seq sent: a key
+    changed again keeps its marker) and record settings."""
+    conn.executemany(
+        "DELETE FROM unsynced WHERE primary_ns = ? AND secondary_ns = ? AND key = ? AND seq = ?",
+        [(*triple, seq) for triple, seq in cleared],
+    )
+    conn.executemany("INSERT OR REPLACE INTO settings (name, value) VALUES (?, ?)", list(settings.items()))
+
+
 class LocalStore:
     """The database file of one data dir, with its writer connection and reader pool."""
 
@@ -205,8 +215,18 @@ class LocalStore:
         row = self._writer.execute("SELECT COALESCE(MAX(seq), 0) FROM unsynced").fetchone()
         return int(row[0]) + 1
 
-    def apply_writes(self, writes: Sequence[LocalChange], first_seq: int, *, track_unsynced: bool) -> None:
-        """Commit a group of writes in one durable transaction, with their markers.
+    def apply_writes(
+        self,
+        writes: Sequence[LocalChange],
+        first_seq: int,
+        *,
+        track_unsynced: bool,
+        cleared: Iterable[tuple[Triple, int]] = (),
+        settings: dict[str, bytes] | None = None,
+    ) -> None:
+        """Commit a group of writes in one durable transaction, with their markers (and
+        the group's bookkeeping, `cleared` and `settings` as in `apply_bookkeeping`, which
+        then costs no transaction of its own).
 
         Write i of the group gets seq `first_seq + i`; when a key is written more than
         once in the group, its last write wins, as it would have one by one.
@@ -232,6 +252,7 @@ class LocalStore:
                     "ON CONFLICT (primary_ns, secondary_ns, key) DO UPDATE SET seq = excluded.seq",
                     [(*t, seq, now) for t, (_, seq) in final.items()],
                 )
+            _bookkeeping(conn, cleared, settings or {})
 
     def apply_bookkeeping(self, cleared: Iterable[tuple[Triple, int]], settings: dict[str, bytes]) -> None:
         """Forget markers whose change reached the server (unless changed again since),
@@ -244,11 +265,7 @@ class LocalStore:
         self._writer.execute("PRAGMA synchronous = NORMAL")
         try:
             with self._transaction() as conn:
-                conn.executemany(
-                    "DELETE FROM unsynced WHERE primary_ns = ? AND secondary_ns = ? AND key = ? AND seq = ?",
-                    [(*triple, seq) for triple, seq in cleared],
-                )
-                conn.executemany("INSERT OR REPLACE INTO settings (name, value) VALUES (?, ?)", list(settings.items()))
+                _bookkeeping(conn, cleared, settings)
         finally:
             self._writer.execute("PRAGMA synchronous = FULL")
 

@@ -36,6 +36,7 @@ from actors.metrics import NodeMetrics
 from actors.ownership_guard import recorded_versions
 from actorutil import commit_directly, markers, stream, t, thread_aware_clock
 from node.errors import NodeLocked
+from node import settings
 from node.store import LocalChange, LocalStore, Triple
 
 
@@ -69,11 +70,12 @@ class GatedStore(LocalStore):
             anyio.from_thread.run_sync(self.entered.set)
         assert self.gate.wait(timeout=30), "the test never opened the gate"
 
-    def apply_writes(self, writes: Sequence[LocalChange], first_seq: int, *, track_unsynced: bool) -> None:
+    def apply_writes(self, writes: Sequence[LocalChange], first_seq: int, *, track_unsynced: bool,
+                     cleared=(), settings=None) -> None:  # type: ignore[no-untyped-def]
         self.commits.append(list(writes))
         if self.hold_writes:
             self._hold()
-        super().apply_writes(writes, first_seq, track_unsynced=track_unsynced)
+        super().apply_writes(writes, first_seq, track_unsynced=track_unsynced, cleared=cleared, settings=settings)
 
     def apply_bookkeeping(self, cleared, settings) -> None:  # type: ignore[no-untyped-def]
         if self.hold_bookkeeping:
@@ -231,10 +233,12 @@ async def test_a_late_clear_leaves_a_newer_write_owed(clock, tmp_path):
             first = await rig.write("k1", b"old")
             second = await rig.write("k2", b"v")
             newer = await rig.write("k1", b"new")
-            await rig.inbox.send(ClearMarkers([(t("k1"), first), (t("k2"), second)]))
-            await rig.flush()
+            clear = ClearMarkers([(t("k1"), first), (t("k2"), second)], store_version=7)
+            await rig.inbox.send(clear)
+            await clear.reply.wait()
             tg.cancel_scope.cancel()
     assert markers(store) == {"k1": newer}
+    assert store.get_setting(settings.KV_STORE_VERSION) == b"7"  # recorded with the clear
     assert store.read_owed([t("k1")])[0].value == b"new"
     store.close()
 
@@ -331,14 +335,14 @@ async def test_a_lock_right_after_a_group_is_taken_answers_its_callers_node_lock
 
 
 @pytest.mark.trio
-async def test_a_lock_during_a_groups_bookkeeping_answers_every_caller(clock, tmp_path):
-    """Race: the writer took a group (a store version, two writes, a flush) and is in its
-    bookkeeping transaction, before the commit, when the node locks; two more writes
-    arrive meanwhile. Expected: the version (recorded) is answered, the two writes and
-    the flush of the group hear NodeLocked and are not committed, and the two queued
-    behind hear NodeLocked too."""
+async def test_a_lock_during_a_groups_commit_answers_every_caller(clock, tmp_path):
+    """Race: the writer took a group (a store version, two writes, a flush) and its one
+    transaction is on the disk when the node locks; two more writes arrive meanwhile.
+    Expected: the group's transaction completes and each of its callers hears so (the
+    version recorded, the writes with their seqs, the flush), and the two queued behind
+    hear NodeLocked and are not committed."""
     store = GatedStore(tmp_path / "node.sqlite3")
-    store.hold_bookkeeping, store.entered = True, anyio.Event()
+    store.hold_writes, store.entered = True, anyio.Event()
     rig = WriterRig(store)
     record = RecordStoreVersion(StoreKind.KV, 4)
     flush = Flush()
@@ -355,7 +359,8 @@ async def test_a_lock_during_a_groups_bookkeeping_answers_every_caller(clock, tm
                 store.gate.set()
                 heard = [await outcome(r) for r in [record, *group, flush, *behind]]
                 tg.cancel_scope.cancel()
-    assert heard[0] is None and recorded_versions(store)[StoreKind.KV] == 4
-    assert all(isinstance(h, NodeLocked) for h in heard[1:]), heard
-    assert store.commits == [] and store.all_items() == {}
+    assert heard[:4] == [None, 1, 2, None], heard
+    assert all(isinstance(h, NodeLocked) for h in heard[4:]), heard
+    assert recorded_versions(store)[StoreKind.KV] == 4
+    assert store.all_items() == {t("k1"): b"v", t("k2"): b"v"}
     store.close()

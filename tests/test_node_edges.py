@@ -142,6 +142,7 @@ async def test_a_value_the_server_refuses_blocks_nothing_else(tmp_path):
         for i in range(20):
             await node.put("ns", "", f"small{i}", b"s")
         await wait_for(lambda: len(server_kv(server, keys)) == 20, what="the small values")
+        await wait_for(lambda: _pending_is(node, 1), what="their markers cleared")
         info = await node.backup_info()
         assert info["rejected_kv_writes"] == 1 and "ns/_/huge" in info["kv_error"]
         assert info["pending_kv_writes"] == 1 and ("ns", "", "huge") not in server_kv(server, keys)
@@ -328,6 +329,10 @@ async def test_the_auditor_runs_after_unlock_and_every_interval(tmp_path):
         await wait_for(lambda: settled(node), what="the key on the server")
         server.apply_put(keys.kv_store_id, [], [KeyValue(key="ns/_/k", version=-1)], None)
         await wait_for(lambda: ("ns", "", "k") in server_kv(server, keys), what="a periodic pass re-sending it")
+
+
+async def _pending_is(node: Node, count: int) -> bool:
+    return (await node.backup_info())["pending_kv_writes"] == count
 
 
 async def _verified(node: Node) -> bool:

@@ -133,7 +133,7 @@ async def test_a_wiped_server_is_taken_again_and_everything_owed(autojump_clock)
         assert a.owe_all == 1 and a.owe_wallet == 1 and a.events == []
         assert a.guard.status.store_resets == 2 and a.metrics.value("store_resets_total") == 2
         assert server.values(keys().wallet_store_id)[FENCE_KEY] == b"node-a"
-        assert a.records[-1] == (KV, 2)
+        assert (KV, 1) in a.records  # the re-acquire is recorded before the write goes (the write's own: ClearMarkers)
         tg.cancel_scope.cancel()
 
 
