@@ -35,8 +35,8 @@ from actors.messages import (
 from actors.metrics import NodeMetrics
 from actors.ownership_guard import recorded_versions
 from actorutil import commit_directly, markers, stream, t, thread_aware_clock
-from node.errors import NodeLocked
 from node import settings
+from node.errors import NodeLocked
 from node.store import LocalChange, LocalStore, Triple
 
 
