@@ -47,6 +47,7 @@ log = logging.getLogger(__name__)
 INBOX = 8
 FETCH_CONCURRENCY = 32
 RETRY_AFTER_FAILURE_S = 300.0
+PROGRESS_EVERY_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -185,12 +186,13 @@ class Auditor:
 
     async def _mismatched(self, common: dict[Triple, str]) -> int:
         """How many remote values do not decrypt to the local value."""
-        differing = 0
+        differing = compared = 0
         pending = list(common.items())
         slots = anyio.Semaphore(FETCH_CONCURRENCY)
+        next_report = time.monotonic() + PROGRESS_EVERY_S
 
         async def check(batch: list[tuple[Triple, str]]) -> None:
-            nonlocal differing
+            nonlocal differing, compared, next_report
             local = await anyio.to_thread.run_sync(self._store.get_many, [t for t, _ in batch])
             for triple, vss_key in batch:
                 async with slots:
@@ -203,6 +205,11 @@ class Auditor:
                         same = False
                 if not same:
                     differing += 1
+                compared += 1
+                if time.monotonic() >= next_report:
+                    next_report = time.monotonic() + PROGRESS_EVERY_S
+                    log.info("verify: %s of %s compared, %s different so far", f"{compared:,}",
+                             counted(len(pending), "value"), f"{differing:,}")
 
         try:
             async with anyio.create_task_group() as tg:

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from hypercorn.config import Config
 
-__all__ = ["bind_listening", "format_listen", "is_loopback_host", "parse_listen", "serve_until_signalled"]
+__all__ = ["bind_listening", "format_listen", "is_loopback_host", "parse_listen", "serve_until_signalled", "uvloop_factory"]
 
 _AsgiApp = Callable[
     [MutableMapping[str, Any], Callable[[], Awaitable[Any]], Callable[[Any], Awaitable[None]]], Awaitable[None]
@@ -195,3 +195,14 @@ def _url(scheme: str, sock: socket.socket) -> str:
     if sock.family == socket.AF_INET:
         return f"{scheme}://{address[0]}:{address[1]}"
     return f"{scheme}://unix:{address}"
+
+
+def uvloop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop's event loop factory when uvloop is installed (the `fast` extra), else None:
+    asyncio's own loop. For `asyncio.Runner(loop_factory=...)`."""
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+    return factory

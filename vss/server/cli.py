@@ -148,7 +148,7 @@ def configure_logging(level: str) -> None:
 def _run_here(settings: Settings, app: VssApp) -> int:
     from hypercorn.utils import LifespanFailureError
 
-    from vss.serve import serve_until_signalled
+    from vss.serve import serve_until_signalled, uvloop_factory
 
     config = _hypercorn_config(settings)
     bound = False
@@ -158,11 +158,7 @@ def _run_here(settings: Settings, app: VssApp) -> int:
         bound = True
         _announce(settings, urls)
 
-    loop_factory = None
-    if settings.use_uvloop():
-        import uvloop
-
-        loop_factory = uvloop.new_event_loop
+    loop_factory = uvloop_factory() if settings.use_uvloop() else None
     try:
         with asyncio.Runner(loop_factory=loop_factory) as runner:
             runner.run(serve_until_signalled(app, config, on_bound=announce))
