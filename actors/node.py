@@ -108,7 +108,6 @@ class Node:
         self._lifecycle = anyio.Lock()
         self._verifying = anyio.Lock()
         self._tg: TaskGroup | None = None
-        self._stopped_reason: str | None = None
         self.restore_status = RestoreStatus()
         self.metrics = NodeMetrics()
         self.metrics.watch(self.gauges)
@@ -199,7 +198,6 @@ class Node:
             keys = await self._keys_from_password(password)
             assert self._tg is not None, "the node is not running: use Node.open()"
             self._state = NodeState.UNLOCKING
-            self._stopped_reason = None
             try:
                 self._session = await self._tg.start(self._run_session, keys)
             except BaseException as exc:
@@ -319,7 +317,6 @@ class Node:
 
     def _streams_stopped(self, reason: BaseException) -> None:
         """The guard's one report: fenced (another owner) or diverged (another writer)."""
-        self._stopped_reason = one_line(reason)
         if self._state is not NodeState.RUNNING:
             return
         if isinstance(reason, FenceLost):

@@ -114,12 +114,9 @@ class Acquired:
 
 @dataclass(frozen=True)
 class GuardStatus:
-    """What the guard last saw; replaced whole, never mutated, so readers are safe."""
+    """What the guard last saw; replaced whole, never mutated, so readers are safe.
+    (Fenced and diverged are the node's states: the guard reports them once.)"""
 
-    kv_held: bool = False
-    wallet_held: bool = False
-    fenced: bool = False
-    diverged: str | None = None
     store_resets: int = 0  # emptied stores found and refilled this session
 
 
@@ -230,10 +227,6 @@ class OwnershipGuard:
         fence = self._fences[kind]
         acquired = await self._acquire(fence)
         fence.recorded = fence.token
-        if kind is StoreKind.KV:
-            self.status = replace(self.status, kv_held=True)
-        else:
-            self.status = replace(self.status, wallet_held=True)
         return acquired
 
     async def _acquire(self, fence: _Fence) -> Acquired:
@@ -426,9 +419,6 @@ class OwnershipGuard:
         if self._stopped is not None:
             return
         self._stopped = reason
-        if isinstance(reason, FenceLost):
-            self.status = replace(self.status, fenced=True, kv_held=False, wallet_held=False)
-        else:
-            self.status = replace(self.status, diverged=str(reason))
+        if not isinstance(reason, FenceLost):
             log.error("VSS replication stopped: %s; lock the node and decide (see --vss-accept-divergence)", reason)
         self._report(StoreEvent(reason))

@@ -33,7 +33,6 @@ With VSS off there is no uploader: the actor still serializes the wallet's chang
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
@@ -70,8 +69,6 @@ class WalletStatus:
 
     uploads: int = 0
     failures: int = 0
-    last_version: int | None = None
-    last_backup_at: float | None = None
     last_error: str | None = None
     backup_required: bool = False
     remote_known: bool = False  # the fields below are from the server (or our uploads)
@@ -316,8 +313,6 @@ class WalletKeeper:
         self._metrics.wallet_backups.inc()
         self._publish(
             uploads=self.status.uploads + 1,
-            last_version=done.version,
-            last_backup_at=time.time(),
             last_error=None,
             remote_known=True,
             backup_exists=True,
