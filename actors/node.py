@@ -287,20 +287,14 @@ class Node:
     async def _run_session(self, keys: NodeKeys, *, task_status: TaskStatus[Session]) -> None:
         port = self._new_port(keys) if self.config.vss_enabled else None
         done = anyio.Event()
-        running = False
-
-        def started(session: Session) -> None:
-            nonlocal running
-            running = True
-            self._session_done = done
-            task_status.started(session)
-
+        self._session_done = done
+        session: Session | None = None
         try:
             session = Session(self.store, self.config, keys, self.metrics, port, self._streams_stopped)
             await session.prepare(self._publish_restore)
-            await session.run(task_status=_Started(started))
+            await session.run(task_status=task_status)
         except Exception as exc:
-            if not running:
+            if session is None or not session.started:
                 raise  # unlock fails and says why
             # An actor failed: stop the session rather than the whole process.
             log.error("the node's actors failed (%s); the node is now locked, unlock to retry", one_line(exc),
@@ -582,17 +576,6 @@ class Node:
                 restorable = bool(wallet.backup_exists) and not flags[REMOTE_INCOMPLETE] and not flags[REMOTE_UNREADABLE]
                 figures["wallet_backup_restorable"] = float(restorable)
         return figures
-
-
-class _Started:
-    """Hands the session to `started` (which also records it) when it starts running."""
-
-    def __init__(self, started: Callable[[Session], None]) -> None:
-        self._started = started
-
-    def started(self, value: Session | None = None) -> None:
-        assert value is not None
-        self._started(value)
 
 
 def _check_password(password: object) -> None:

@@ -85,6 +85,7 @@ class Session:
         self._report = report
         self.home = WalletHome(config.data_dir, keys.fingerprint)
         self._stop = anyio.Event()
+        self.started = False  # the actors run (before: unlock can still fail)
         self.writer_inbox, writer_in = anyio.create_memory_object_stream[WriterMessage](WRITER_INBOX)
         self.wallet_inbox, wallet_in = anyio.create_memory_object_stream[WalletMessage](WALLET_INBOX)
         self.replicator_inbox = None
@@ -149,6 +150,7 @@ class Session:
                     vss.start_soon(self.replicator.run)  # type: ignore[union-attr]
                     vss.start_soon(self.retry_queue.run)  # type: ignore[union-attr]
                     vss.start_soon(self._run_auditor)
+                self.started = True
                 task_status.started(self)
                 await self._stop.wait()
                 vss.cancel_scope.cancel()
