@@ -384,3 +384,25 @@ async def test_a_whole_atomic_upload_ends_the_window_an_interrupted_piecewise_on
         await node.backup_now()
         info = await node.backup_info()
         assert info["backup_restorable"] is True and info["backup_required"] is False
+
+
+async def test_an_actor_that_fails_locks_the_node_which_can_be_unlocked_again(tmp_path, caplog):
+    """Fault: a bug makes the replicator fail (the server port raises something no actor
+    expects). Expected: the process goes on; the node turns locked, says why in the
+    log, and unlocks again; the write it took is kept and sent then."""
+    server = FakeVssServer()
+    port = FakePort(server)
+    mnemonic = generate_mnemonic()
+    keys = derive_keys(mnemonic)
+    async with node_on(server, tmp_path / "a", port=port) as node:
+        await node.init(PASSWORD, mnemonic)
+        await node.unlock(PASSWORD)
+        port.fail_next("put_objects", RuntimeError("injected: a bug"))  # type: ignore[arg-type]
+        await node.put("ns", "", "k", b"kept")
+        await wait_for(lambda: node.state is NodeState.LOCKED, what="the node locking itself")
+        assert "the node's actors failed" in caplog.text
+        with pytest.raises(errors.NodeLocked):
+            await node.put("ns", "", "k2", b"refused while locked")
+        await node.unlock(PASSWORD)
+        await wait_for(lambda: settled(node), what="the kept write sent after the new unlock")
+        assert server_kv(server, keys) == {("ns", "", "k"): b"kept"}
