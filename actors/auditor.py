@@ -44,7 +44,6 @@ from vss.errors import NoSuchKeyError, VssError, one_line
 
 log = logging.getLogger(__name__)
 
-INBOX = 8
 FETCH_CONCURRENCY = 32
 RETRY_AFTER_FAILURE_S = 300.0
 PROGRESS_EVERY_S = 5.0

@@ -61,7 +61,7 @@ from vss.proto.vss_pb2 import KeyValue
 
 log = logging.getLogger(__name__)
 
-INBOX = 1024
+MAX_WAITERS = 4096  # durability=remote callers held at once before abandoned ones are dropped
 MAX_BATCH_ITEMS = 500  # the protocol allows 1000 per putObjects
 BATCH_WINDOW_S = 0.02  # how long a first pending key waits for company
 MAX_BATCH_BYTES = 8 * 1024 * 1024  # one larger value still goes alone
@@ -161,7 +161,7 @@ class Replicator:
         self._rejected_retry_at.pop(message.triple, None)
         self._waiters.setdefault(message.triple, []).append((message.seq, message.reply))
         self._urgent = True
-        if sum(len(w) for w in self._waiters.values()) > 4 * INBOX:
+        if sum(len(w) for w in self._waiters.values()) > MAX_WAITERS:
             self._drop_abandoned()
 
     def _drop_abandoned(self) -> None:

@@ -31,7 +31,6 @@ from vss.backoff import Backoff
 
 log = logging.getLogger(__name__)
 
-INBOX = 1024
 DEFAULT_BACKOFF = Backoff(base_s=0.25, max_s=15.0, jitter=0.0)
 SWEEP_INTERVAL_S = 60.0
 
@@ -67,9 +66,6 @@ class RetryQueue:
         self._outage_since: float | None = None  # anyio clock, while failing
         self._recovered_at: float | None = None  # anyio clock, catching up after an outage
         self._caught_up_keys = 0
-
-    def __len__(self) -> int:
-        return len(self._queue)
 
     async def run(self) -> None:
         async with self._inbox:

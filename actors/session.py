@@ -65,7 +65,6 @@ class SessionStatus:
     wallet: WalletStatus
     guard: GuardStatus | None
     audit: AuditStatus | None
-    retry_queue_keys: int | None
 
 
 class Session:
@@ -179,8 +178,7 @@ class Session:
             wallet=self.wallet.status,
             guard=self.guard.status if self.guard else None,
             audit=self.auditor.status if self.auditor else None,
-            retry_queue_keys=len(self.retry_queue) if self.retry_queue is not None else None,
         )
 
 
-__all__ = ["Session", "SessionStatus", "log"]
+__all__ = ["Session", "SessionStatus"]

@@ -55,7 +55,6 @@ from vss.errors import NoSuchKeyError, VssError, one_line
 
 log = logging.getLogger(__name__)
 
-INBOX = 256
 UPLOAD_BACKOFF = Backoff(base_s=1.0, max_s=60.0, jitter=0.0)
 UNREADABLE_HINT = (
     "the VSS server holds a wallet backup this node could not read when it restored; nothing is uploaded over it "
