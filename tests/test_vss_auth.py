@@ -31,7 +31,7 @@ def test_sign_header_reproduces_vector_byte_for_byte(case: dict) -> None:
 
 @pytest.mark.parametrize("case", VECTORS["auth"], ids=lambda case: str(case["unix_time"]))
 def test_vector_header_verifies_to_lower_case_pubkey(case: dict) -> None:
-    assert verify_header(case["authorization"], now=case["unix_time"]) == PUBKEY_HEX
+    assert verify_header(case["authorization"], now=case["unix_time"])[0] == PUBKEY_HEX
     # The wallet's store id is the same pubkey hex: both derive from the one signing key.
     assert PUBKEY_HEX == VECTORS["store_id_kv"]
 
@@ -51,9 +51,9 @@ def test_signature_is_low_s() -> None:
 
 
 def test_round_trip_with_default_clock() -> None:
-    assert verify_header(sign_header(SIGNING_KEY)) == PUBKEY_HEX
+    assert verify_header(sign_header(SIGNING_KEY))[0] == PUBKEY_HEX
     other_pubkey = coincurve.PrivateKey(OTHER_KEY).public_key.format(compressed=True).hex()
-    assert verify_header(sign_header(OTHER_KEY, T), now=T) == other_pubkey
+    assert verify_header(sign_header(OTHER_KEY, T), now=T) == (other_pubkey, T + 24 * 3600)  # valid until 24 h after its time
 
 
 @pytest.mark.parametrize("header", [None, ""])
@@ -126,14 +126,14 @@ def test_time_25_hours_off_rejected(offset_h: int) -> None:
 
 @pytest.mark.parametrize("offset_h", [23, -23])
 def test_time_within_a_day_accepted(offset_h: int) -> None:
-    assert verify_header(sign_header(SIGNING_KEY, T), now=T + offset_h * 3600) == PUBKEY_HEX
+    assert verify_header(sign_header(SIGNING_KEY, T), now=T + offset_h * 3600)[0] == PUBKEY_HEX
 
 
 def test_upper_case_pubkey_accepted_and_user_id_lower_cased() -> None:
     header = sign_header(SIGNING_KEY, T)
     upper = header[:66].upper() + header[66:]
     assert upper[:66] != PUBKEY_HEX
-    user_id = verify_header(upper, now=T)
+    user_id = verify_header(upper, now=T)[0]
     assert user_id == PUBKEY_HEX
     assert user_id == user_id.lower()
 

@@ -156,7 +156,7 @@ def test_headers_auth_signs_and_adds_extras(tmp_path: Path) -> None:
     path = write(tmp_path / "h", "X-From-File: f\nX-Both: file wins\n")
     auth = headers_auth(SIGNING_KEY, {"X-Fixed": "x", "x-both": "fixed"}, path)
     headers = dict(auth.headers())
-    assert verify_header(headers.pop("Authorization")) == SignatureAuth(SIGNING_KEY).user_id
+    assert verify_header(headers.pop("Authorization"))[0] == SignatureAuth(SIGNING_KEY).user_id
     assert headers == {"X-Fixed": "x", "X-From-File": "f", "X-Both": "file wins"}
 
 

@@ -39,18 +39,14 @@ def sign_header(private_key: bytes, unix_time: int | None = None) -> str:
     return pubkey33.hex() + signature.hex() + str(unix_time)
 
 
-def verify_header(header: str | None, now: int | None = None) -> str:
-    """Check an Authorization header and return the user id (lower-case pubkey hex).
+def verify_header(header: str | None, now: int | None = None) -> tuple[str, int]:
+    """Check an Authorization header: return the user id (lower-case pubkey hex) and the
+    last Unix second at which the header is still valid (its time plus 24 hours), which
+    a cache of verified headers must not outlive.
 
     Raises AuthError when the header is missing, malformed, signed by another key, or
     more than 24 hours away from `now`.
     """
-    return verify_header_until(header, now)[0]
-
-
-def verify_header_until(header: str | None, now: int | None = None) -> tuple[str, int]:
-    """`verify_header`, also returning the last Unix second at which the header is still
-    valid (its time plus 24 hours): what a cache of verified headers must not outlive."""
     if not header:
         raise AuthError("missing Authorization header")
     if len(header) <= _PUBKEY_HEX_LEN + _SIG_HEX_LEN:
