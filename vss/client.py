@@ -62,7 +62,7 @@ from vss.client_errors import describe_failure, error_from_response
 from vss.client_retry import RetryPolicy
 from vss.errors import AuthError, VssError, VssUnavailableError
 from vss.proto import vss_pb2
-from vss.transport import Backend, BodyTooLarge, Connections, read_body, trust_context, unused_tls_context
+from vss.transport import BodyTooLarge, Connections, HttpEngine, read_body, trust_context, unused_tls_context
 
 __all__ = [
     "DEFAULT_MAX_RESPONSE_BYTES",
@@ -124,7 +124,7 @@ class VssClient:
         max_connections: int = 16,
         max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
         ca_file: str | os.PathLike[str] | None = None,
-        http_backend: Backend = "auto",
+        http_backend: HttpEngine = "auto",
     ) -> None:
         url = httpx.URL(base_url)
         if url.scheme not in ("http", "https"):

@@ -45,7 +45,7 @@ __all__ = [
     "CONNECTIONS_PER_POOL",
     "KEEPALIVE_S",
     "AiohttpEngine",
-    "Backend",
+    "HttpEngine",
     "BareTarget",
     "BodyTooLarge",
     "Connections",
@@ -58,7 +58,7 @@ __all__ = [
     "trust_context",
 ]
 
-Backend = Literal["auto", "aiohttp", "httpx"]
+HttpEngine = Literal["auto", "aiohttp", "httpx"]
 CONNECTIONS_PER_POOL = 8  # httpcore pool size past which its per-request matching shows
 # An idle connection is dropped before servers drop theirs (hypercorn, the bundled
 # server's, after 5 s): reusing one the server is closing at that instant fails the
@@ -530,7 +530,7 @@ class Connections:
         self,
         *,
         transport: httpx.AsyncBaseTransport | None,
-        backend: Backend,
+        backend: HttpEngine,
         max_connections: int,
         tls: ssl.SSLContext,
     ) -> None:

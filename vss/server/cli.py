@@ -32,7 +32,7 @@ from vss.server.settings import (
     DEFAULT_LISTEN,
     LOG_LEVELS,
     LOOPS,
-    ConfigError,
+    ServerConfigError,
     Settings,
     positive_int,
 )
@@ -103,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         settings = Settings.from_args(args)
         app = settings.build_app()
-    except ConfigError as exc:
+    except ServerConfigError as exc:
         print(f"vss-server: {exc}", file=sys.stderr)
         return 2
     if settings.auth == "none":
@@ -127,7 +127,7 @@ def app_from_env(environ: Mapping[str, str] | None = None) -> VssApp:
     """The app configured by VSS_SERVER_DB, VSS_SERVER_AUTH, VSS_SERVER_JWT_PUBLIC_KEY,
     VSS_SERVER_MAX_BODY_BYTES and VSS_SERVER_ALLOW_UNAUTHENTICATED.
 
-    Raises ValueError (ConfigError) naming the variable that is wrong.
+    Raises ValueError (ServerConfigError) naming the variable that is wrong.
     """
     settings = Settings.from_env(os.environ if environ is None else environ)
     if settings.auth == "none":

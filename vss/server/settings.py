@@ -3,7 +3,7 @@
 `Settings` holds what the app needs (database, authorization, body limit) and how the
 command line serves it (address, TLS, workers, event loop, log level). `from_args`
 reads the flags of `vssnode vss-server`, `from_env` the VSS_SERVER_* variables of
-`hypercorn vss.server.asgi:app`; both raise `ConfigError` (a ValueError) with one
+`hypercorn vss.server.asgi:app`; both raise `ServerConfigError` (a ValueError) with one
 line naming the flag or variable, and `build_app()` makes the ASGI app. `to_env()`
 hands the same settings to hypercorn worker processes.
 
@@ -49,7 +49,7 @@ ENV_LOG_LEVEL = "VSS_SERVER_LOG_LEVEL"
 _TRUE = ("1", "true", "yes")
 
 
-class ConfigError(ValueError):
+class ServerConfigError(ValueError):
     """The configuration is wrong: a flag, a URL, a file. The message is one line."""
 
 
@@ -75,11 +75,11 @@ class Settings:
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> Settings:
-        """From the flags `add_arguments` defines; ConfigError if they do not fit together."""
+        """From the flags `add_arguments` defines; ServerConfigError if they do not fit together."""
         try:
             host, port = parse_listen(args.listen)
         except ValueError as exc:
-            raise ConfigError(f"--listen: {exc}") from None
+            raise ServerConfigError(f"--listen: {exc}") from None
         settings = cls(
             db=args.db,
             auth=args.auth,
@@ -107,21 +107,21 @@ class Settings:
         """
         auth = env.get(ENV_AUTH) or "sigs"
         if auth not in AUTH_MODES:
-            raise ConfigError(f"{ENV_AUTH} must be one of {', '.join(AUTH_MODES)}, not {auth!r}")
+            raise ServerConfigError(f"{ENV_AUTH} must be one of {', '.join(AUTH_MODES)}, not {auth!r}")
         raw_limit = env.get(ENV_MAX_BODY_BYTES) or str(DEFAULT_MAX_BODY_BYTES)
         try:
             max_body_bytes = positive_int(raw_limit)
         except argparse.ArgumentTypeError as exc:
-            raise ConfigError(f"{ENV_MAX_BODY_BYTES}: {exc}") from None
+            raise ServerConfigError(f"{ENV_MAX_BODY_BYTES}: {exc}") from None
         allowed = (env.get(ENV_ALLOW_UNAUTHENTICATED) or "").lower() in _TRUE
         if auth == "none" and not allowed:
-            raise ConfigError(
+            raise ServerConfigError(
                 f"{ENV_AUTH}=none lets anyone read and overwrite every store; the app cannot tell whether "
                 f"it listens on loopback only, so set {ENV_ALLOW_UNAUTHENTICATED}=1 as well to confirm"
             )
         level = (env.get(ENV_LOG_LEVEL) or "info").lower()
         if level not in LOG_LEVELS:
-            raise ConfigError(f"{ENV_LOG_LEVEL} must be one of {', '.join(LOG_LEVELS)}, not {level!r}")
+            raise ServerConfigError(f"{ENV_LOG_LEVEL} must be one of {', '.join(LOG_LEVELS)}, not {level!r}")
         settings = cls(
             db=env.get(ENV_DB) or DEFAULT_DB,
             auth=auth,  # type: ignore[arg-type]  # checked against AUTH_MODES above
@@ -156,46 +156,46 @@ class Settings:
         try:
             open_backend(self.db)
         except ValueError as exc:
-            raise ConfigError(f"{name('db', ENV_DB)}: {exc}") from None
+            raise ServerConfigError(f"{name('db', ENV_DB)}: {exc}") from None
         if self.auth == "jwt":
             if not self.jwt_public_key:
-                raise ConfigError(
+                raise ServerConfigError(
                     f"{name('auth', ENV_AUTH)} jwt needs {name('jwt-public-key', ENV_JWT_PUBLIC_KEY)} PEM"
                 )
             self.authorizer()  # reads and checks the key file
         elif self.jwt_public_key:
-            raise ConfigError(
+            raise ServerConfigError(
                 f"{name('jwt-public-key', ENV_JWT_PUBLIC_KEY)} is only for {name('auth', ENV_AUTH)} jwt"
             )
 
     def _check_serving(self) -> None:
         if self.auth == "none" and not is_loopback_host(self.host) and not self.allow_unauthenticated_remote:
-            raise ConfigError(
+            raise ServerConfigError(
                 f"--auth none on {format_listen(self.host, self.port)} would let anyone on the network read and "
                 "overwrite every store; listen on loopback, or add --allow-unauthenticated-remote"
             )
         if (self.tls_cert is None) != (self.tls_key is None):
-            raise ConfigError("--tls-cert and --tls-key go together: give both or neither")
+            raise ServerConfigError("--tls-cert and --tls-key go together: give both or neither")
         if self.tls_cert is not None and self.tls_key is not None:
             for flag, path in (("--tls-cert", self.tls_cert), ("--tls-key", self.tls_key)):
                 if not Path(path).is_file():
-                    raise ConfigError(f"{flag} {path}: no such file")
+                    raise ServerConfigError(f"{flag} {path}: no such file")
             try:
                 ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(self.tls_cert, self.tls_key)
             except ssl.SSLError as exc:
-                raise ConfigError(
+                raise ServerConfigError(
                     f"--tls-cert {self.tls_cert} / --tls-key {self.tls_key}: not a PEM certificate and its "
                     f"private key ({exc.reason or exc})"
                 ) from None
             except OSError as exc:
-                raise ConfigError(f"--tls-cert/--tls-key: cannot read {exc.filename or 'a file'}: {exc.strerror}") from None
+                raise ServerConfigError(f"--tls-cert/--tls-key: cannot read {exc.filename or 'a file'}: {exc.strerror}") from None
         if self.workers > 1 and self.db.startswith("sqlite:///:memory:"):
-            raise ConfigError("--workers: an in-memory SQLite database cannot be shared between processes")
+            raise ServerConfigError("--workers: an in-memory SQLite database cannot be shared between processes")
         if self.loop == "uvloop":
             try:
                 import uvloop  # noqa: F401
             except ImportError:
-                raise ConfigError("--loop uvloop: uvloop is not installed (pip install 'vssnode[fast]')") from None
+                raise ServerConfigError("--loop uvloop: uvloop is not installed (pip install 'vssnode[fast]')") from None
 
     # -- products -----------------------------------------------------------------------
 
@@ -221,7 +221,7 @@ class Settings:
             try:
                 return JwtAuthorizer.from_file(self.jwt_public_key)
             except ValueError as exc:
-                raise ConfigError(str(exc)) from None
+                raise ServerConfigError(str(exc)) from None
         if self.auth == "none":
             return NoAuthorizer()
         return SignatureAuthorizer()
