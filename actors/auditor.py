@@ -29,7 +29,7 @@ from pathlib import Path
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from actors.messages import CheckRemote, OweKeys, Reply, WalletMessage, WriterMessage
+from actors.messages import AuditorMessage, AuditReport, CheckRemote, OweKeys, WalletMessage, WriterMessage
 from actors.ownership_guard import FENCE_KEY
 from actors.tasks import first_cause
 from actors.vss_port import VssPort
@@ -50,19 +50,6 @@ PROGRESS_EVERY_S = 5.0
 
 
 @dataclass(frozen=True)
-class AuditReport:
-    """The outcome of one comparison (the full fields only for a full verify)."""
-
-    keys_checked: int
-    missing_on_server: int
-    extra_on_server: int
-    pending: int
-    mismatched: int | None = None
-    wallet_restorable: bool | None = None
-    took_s: float = 0.0
-
-
-@dataclass(frozen=True)
 class AuditStatus:
     """The last comparison's figures; replaced whole, never mutated."""
 
@@ -72,14 +59,6 @@ class AuditStatus:
     last_error: str | None = None
 
 
-@dataclass
-class AuditNow:
-    """node → auditor: compare now; `full` fetches and decrypts every value too."""
-
-    full: bool
-    reply: Reply[AuditReport]
-
-
 class Auditor:
     def __init__(
         self,
@@ -87,7 +66,7 @@ class Auditor:
         keys: NodeKeys,
         store: LocalStore,
         home: WalletHome,
-        inbox: MemoryObjectReceiveStream[AuditNow],
+        inbox: MemoryObjectReceiveStream[AuditorMessage],
         writer: MemoryObjectSendStream[WriterMessage],
         wallet_keeper: MemoryObjectSendStream[WalletMessage],
         *,

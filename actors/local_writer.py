@@ -107,7 +107,7 @@ class LocalWriter:
             await anyio.to_thread.run_sync(self._store.apply_bookkeeping, cleared, versions)
         for message in group:
             if isinstance(message, (ClearMarkers, RecordStoreVersion)):
-                message.reply.set()
+                message.reply.set(None)
         if any(isinstance(m, OweAll) for m in group):
             seq = await self._owe_all(seq)
         owed = [t for m in group if isinstance(m, OweKeys) for t in m.triples]
@@ -115,7 +115,7 @@ class LocalWriter:
             seq = await self._owe_keys(owed, seq)
         for message in group:
             if isinstance(message, Flush):
-                message.reply.set()
+                message.reply.set(None)
         return seq
 
     async def _commit(

@@ -15,6 +15,7 @@ Inboxes and who sends to them:
     ownership-guard  GuardMessage      replicator and wallet uploader (fenced puts)
     wallet-keeper    WalletMessage     api (changes, backup-now), guard (owe-wallet),
                                        auditor (check-remote), its own upload task
+    auditor          AuditorMessage    api (verify)
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ class Reply(Generic[T]):
 
     def __init__(self) -> None:
         self._done = anyio.Event()
-        self._value: T | None = None
+        self._result: tuple[T] | None = None  # a tuple, so that a None answer is still an answer
         self._error: BaseException | None = None
         self.abandoned = False
 
@@ -49,9 +50,9 @@ class Reply(Generic[T]):
     def done(self) -> bool:
         return self._done.is_set()
 
-    def set(self, value: T | None = None) -> None:
+    def set(self, value: T) -> None:
         if not self.done:
-            self._value = value
+            self._result = (value,)
             self._done.set()
 
     def fail(self, error: BaseException) -> None:
@@ -62,11 +63,13 @@ class Reply(Generic[T]):
     def abandon(self) -> None:
         self.abandoned = True
 
-    async def wait(self) -> T | None:
+    async def wait(self) -> T:
+        """The answer, or the error the actor failed the request with."""
         await self._done.wait()
         if self._error is not None:
             raise self._error
-        return self._value
+        assert self._result is not None
+        return self._result[0]
 
 
 class StoreKind(enum.Enum):
@@ -266,3 +269,31 @@ class RemoteSeen:
 
 
 WalletMessage = WalletChange | BackupNow | OweWallet | CheckRemote | UploadDone | RemoteSeen
+
+
+# -- auditor ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AuditReport:
+    """The outcome of one comparison (the full fields only for a full verify); the body
+    of `POST /vssverify`."""
+
+    keys_checked: int  # local keys compared (owed ones left out)
+    missing_on_server: int  # local keys the server lacks: owed again
+    extra_on_server: int  # keys only the server has: reported, never deleted
+    pending: int  # keys still owed, so expected to differ
+    mismatched: int | None = None  # full verify: keys whose remote value differs from the local one
+    wallet_restorable: bool | None = None  # full verify: the wallet backup decrypts and unzips (no backup: the wallet is empty)
+    took_s: float = 0.0
+
+
+@dataclass
+class AuditNow:
+    """node → auditor: compare now; `full` fetches and decrypts every value too."""
+
+    full: bool
+    reply: Reply[AuditReport] = field(default_factory=Reply)
+
+
+AuditorMessage = AuditNow

@@ -29,8 +29,7 @@ import anyio
 import httpx
 from anyio.abc import TaskGroup, TaskStatus
 
-from actors.auditor import AuditNow, AuditReport
-from actors.messages import BackupNow, Reply, SendNow, WalletChange, WriteRequest
+from actors.messages import AuditNow, AuditReport, BackupNow, SendNow, WalletChange, WriteRequest
 from actors.metrics import NodeMetrics
 from actors.ownership_guard import FenceLost, clear_fence
 from actors.restorer import RestoreStatus
@@ -365,7 +364,6 @@ class Node:
             raise errors.NodeLocked("the node was locked before this write was committed") from None
         seq = await request.reply.wait()
         if durability == "remote":
-            assert seq is not None and session.replicator_inbox is not None
             await self._landed(session, change.triple, seq)
 
     async def _landed(self, session: Session, triple: Triple, seq: int) -> None:
@@ -373,8 +371,7 @@ class Node:
         timeout = self.config.remote_write_timeout_s
         try:
             with anyio.fail_after(timeout):
-                assert session.replicator_inbox is not None
-                await session.replicator_inbox.send(wait)
+                await session.vss.replicator_inbox.send(wait)
                 await wait.reply.wait()
         except TimeoutError:
             wait.reply.abandon()
@@ -455,19 +452,18 @@ class Node:
         session = self._writable()
         if self._state is not NodeState.RUNNING:
             raise errors.StoreDiverged("replication is stopped (another node wrote the store): lock the node and decide")
-        if self._verifying.locked() or session.audit_inbox is None:
+        if self._verifying.locked():
             raise errors.VerifyInProgress("a verification is already running; wait for it to finish")
         async with self._verifying:
-            request = AuditNow(full=True, reply=Reply())
+            request = AuditNow(full=True)
             try:
-                await session.audit_inbox.send(request)
+                await session.vss.audit_inbox.send(request)
             except (anyio.BrokenResourceError, anyio.ClosedResourceError):
                 raise errors.NodeLocked("the node was locked before the verification ran") from None
             try:
                 report = await request.reply.wait()
             except VssError as exc:
                 raise errors.VssUnavailable(f"the verification could not read the VSS store: {exc}") from exc
-            assert report is not None
             return report
 
     # -- what the node tells about itself ----------------------------------------------------

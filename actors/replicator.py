@@ -234,7 +234,6 @@ class Replicator:
         put = FencedPut(StoreKind.KV, items, deletes)
         await self._guard.send(put)
         version = await put.reply.wait()
-        assert version is not None
         self._healthy = True
         self._metrics.replicated_keys.inc(len(batch))
         self._metrics.replication_batches.inc()
@@ -290,7 +289,7 @@ class Replicator:
         kept = []
         for wanted, reply in waiting:
             if wanted <= seq:
-                reply.set()
+                reply.set(None)
             elif not reply.abandoned:
                 kept.append((wanted, reply))
         if kept:
@@ -302,7 +301,7 @@ class Replicator:
         """Keys without a marker any more: whatever was committed of them is on the server."""
         for triple in unmarked & self._waiters.keys():
             for _, reply in self._waiters.pop(triple):
-                reply.set()
+                reply.set(None)
 
     async def _stop(self, reason: BaseException) -> None:
         self._stopped = reason

@@ -20,11 +20,13 @@ from dataclasses import dataclass
 
 import anyio
 from anyio.abc import TaskStatus
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from actors import unlock
-from actors.auditor import AuditNow, Auditor, AuditStatus
+from actors.auditor import Auditor, AuditStatus
 from actors.local_writer import LocalWriter
 from actors.messages import (
+    AuditorMessage,
     Flush,
     GuardMessage,
     ReplicatorMessage,
@@ -41,6 +43,7 @@ from actors.vss_port import VssPort
 from actors.wallet_keeper import WalletKeeper, WalletStatus
 from actors.wallet_restorer import install_wallet, stage_wallet
 from actors.wallet_upload import WalletUploader
+from node import errors
 from node.config import NodeConfig
 from node.keys import NodeKeys
 from node.store import LocalStore
@@ -67,6 +70,20 @@ class SessionStatus:
     audit: AuditStatus | None
 
 
+@dataclass
+class VssActors:
+    """The actors that talk to the VSS server, and the inboxes the node sends them;
+    a session without VSS has none of them."""
+
+    guard: OwnershipGuard
+    guard_in: MemoryObjectReceiveStream[GuardMessage]
+    replicator: Replicator
+    retry_queue: RetryQueue
+    auditor: Auditor
+    replicator_inbox: MemoryObjectSendStream[ReplicatorMessage]
+    audit_inbox: MemoryObjectSendStream[AuditorMessage]
+
+
 class Session:
     def __init__(
         self,
@@ -87,53 +104,60 @@ class Session:
         self.started = False  # the actors run (before: unlock can still fail)
         self.writer_inbox, writer_in = anyio.create_memory_object_stream[WriterMessage](WRITER_INBOX)
         self.wallet_inbox, wallet_in = anyio.create_memory_object_stream[WalletMessage](WALLET_INBOX)
-        self.replicator_inbox = None
-        self.audit_inbox = None
-        self.guard: OwnershipGuard | None = None
-        self.replicator: Replicator | None = None
-        self.retry_queue: RetryQueue | None = None
-        self.auditor: Auditor | None = None
+        self._vss: VssActors | None = None
         if port is None:
             self.writer = LocalWriter(store, writer_in, metrics)
             self.wallet = WalletKeeper(self.home, keys.signing_key, wallet_in, self.wallet_inbox.clone(), metrics)
             return
-        self.replicator_inbox, replicator_in = anyio.create_memory_object_stream[ReplicatorMessage](REPLICATOR_INBOX)
+        replicator_inbox, replicator_in = anyio.create_memory_object_stream[ReplicatorMessage](REPLICATOR_INBOX)
         retry_inbox, retry_in = anyio.create_memory_object_stream[RetryMessage](RETRY_INBOX)
-        guard_inbox, self._guard_in = anyio.create_memory_object_stream[GuardMessage](GUARD_INBOX)
-        self.audit_inbox, audit_in = anyio.create_memory_object_stream[AuditNow](AUDIT_INBOX)
-        self.writer = LocalWriter(store, writer_in, metrics, self.replicator_inbox.clone(), retry_inbox.clone())
-        self.guard = OwnershipGuard(
-            port,
-            keys,
-            load_or_create_instance_id(store),
-            recorded_versions(store),
-            accept_divergence=config.vss_accept_divergence,
-            metrics=metrics,
-        )
-        self.replicator = Replicator(
-            store, keys.signing_key, replicator_in, guard_inbox.clone(), self.writer_inbox.clone(), retry_inbox.clone(), metrics
-        )
-        self.retry_queue = RetryQueue(
-            store, retry_in, self.replicator_inbox.clone(), metrics, capacity=config.retry_queue_capacity
-        )
+        guard_inbox, guard_in = anyio.create_memory_object_stream[GuardMessage](GUARD_INBOX)
+        audit_inbox, audit_in = anyio.create_memory_object_stream[AuditorMessage](AUDIT_INBOX)
+        self.writer = LocalWriter(store, writer_in, metrics, replicator_inbox.clone(), retry_inbox.clone())
         uploader = WalletUploader(port, keys, guard_inbox.clone(), self.home)
         self.wallet = WalletKeeper(
             self.home, keys.signing_key, wallet_in, self.wallet_inbox.clone(), metrics, port=port, keys=keys, uploader=uploader
         )
-        self.auditor = Auditor(
-            port, keys, store, self.home, audit_in, self.writer_inbox.clone(), self.wallet_inbox.clone(),
-            interval_s=config.vss_verify_interval_s,
+        self._vss = VssActors(
+            guard=OwnershipGuard(
+                port,
+                keys,
+                load_or_create_instance_id(store),
+                recorded_versions(store),
+                accept_divergence=config.vss_accept_divergence,
+                metrics=metrics,
+            ),
+            guard_in=guard_in,
+            replicator=Replicator(
+                store, keys.signing_key, replicator_in, guard_inbox.clone(), self.writer_inbox.clone(), retry_inbox.clone(),
+                metrics,
+            ),
+            retry_queue=RetryQueue(store, retry_in, replicator_inbox.clone(), metrics, capacity=config.retry_queue_capacity),
+            auditor=Auditor(
+                port, keys, store, self.home, audit_in, self.writer_inbox.clone(), self.wallet_inbox.clone(),
+                interval_s=config.vss_verify_interval_s,
+            ),
+            replicator_inbox=replicator_inbox,
+            audit_inbox=audit_inbox,
         )
         self._auditor_scope = anyio.CancelScope()
+
+    @property
+    def vss(self) -> VssActors:
+        """The VSS side of the session; raises VssNotEnabled for a node without VSS."""
+        if self._vss is None:
+            raise errors.VssNotEnabled("VSS is not enabled on this node; start it with --vss-url")
+        return self._vss
 
     async def prepare(self, publish_restore: Callable[[RestoreStatus], None]) -> None:
         """Before the node runs: take the stores and restore (VSS on), or put the wallet
         directory in place (VSS off). Raises the NodeError that refuses the unlock."""
-        if self._port is None or self.guard is None:
+        if self._port is None or self._vss is None:
             stage = await stage_wallet(None, self._keys, self.home, allow_empty_restore=False)
             await install_wallet(stage, self.home, owed_to_server=False)
             return
-        seen = await unlock.prepare(self._store, self._config, self._port, self._keys, self.guard, self.home, publish_restore)
+        guard = self._vss.guard
+        seen = await unlock.prepare(self._store, self._config, self._port, self._keys, guard, self.home, publish_restore)
         if seen is not None:
             self.wallet.knows(seen)
 
@@ -143,12 +167,13 @@ class Session:
             outer.start_soon(self.writer.run)
             async with anyio.create_task_group() as vss:
                 vss.start_soon(self.wallet.run)
-                if self.guard is not None:
-                    vss.start_soon(self.guard.run, self._guard_in, self.writer_inbox.clone(), self.wallet_inbox.clone(),
+                if self._vss is not None:
+                    actors = self._vss
+                    vss.start_soon(actors.guard.run, actors.guard_in, self.writer_inbox.clone(), self.wallet_inbox.clone(),
                                    self._on_store_event)
-                    vss.start_soon(self.replicator.run)  # type: ignore[union-attr]
-                    vss.start_soon(self.retry_queue.run)  # type: ignore[union-attr]
-                    vss.start_soon(self._run_auditor)
+                    vss.start_soon(actors.replicator.run)
+                    vss.start_soon(actors.retry_queue.run)
+                    vss.start_soon(self._run_auditor, actors.auditor)
                 self.started = True
                 task_status.started(self)
                 await self._stop.wait()
@@ -159,10 +184,9 @@ class Session:
                 await flush.reply.wait()
             outer.cancel_scope.cancel()
 
-    async def _run_auditor(self) -> None:
-        assert self.auditor is not None
+    async def _run_auditor(self, auditor: Auditor) -> None:
         with self._auditor_scope:
-            await self.auditor.run()
+            await auditor.run()
 
     def _on_store_event(self, event: StoreEvent) -> None:
         """The guard stopped both streams for good: no more comparisons either."""
@@ -174,10 +198,10 @@ class Session:
 
     def status(self) -> SessionStatus:
         return SessionStatus(
-            replication=self.replicator.status if self.replicator else None,
+            replication=self._vss.replicator.status if self._vss else None,
             wallet=self.wallet.status,
-            guard=self.guard.status if self.guard else None,
-            audit=self.auditor.status if self.auditor else None,
+            guard=self._vss.guard.status if self._vss else None,
+            audit=self._vss.auditor.status if self._vss else None,
         )
 
 

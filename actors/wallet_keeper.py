@@ -214,7 +214,7 @@ class WalletKeeper:
             self._seq += 1
             self._publish()
         if failure is None:
-            change.reply.set()
+            change.reply.set(None)
         else:
             change.reply.fail(failure)
 
@@ -284,10 +284,11 @@ class WalletKeeper:
 
     async def _settle(self, done: UploadDone) -> None:
         self._uploading = False
-        if done.stopped is not None:
-            self._stopped = done.stopped
-            self._publish(stopped=one_line(done.stopped), last_error=one_line(done.stopped))
-            self._answer(done.number, failure=lambda: _stopped_error(done.stopped))  # type: ignore[arg-type]
+        stopped = done.stopped
+        if stopped is not None:
+            self._stopped = stopped
+            self._publish(stopped=one_line(stopped), last_error=one_line(stopped))
+            self._answer(done.number, lambda reply: reply.fail(_stopped_error(stopped)))
             return
         if done.error is not None:
             self._failures_in_a_row += 1
@@ -296,8 +297,8 @@ class WalletKeeper:
             self._metrics.wallet_backup_failures.inc()
             self._publish(failures=self.status.failures + 1, last_error=done.error)
             log.warning("wallet backup failed (%s); next try in %.0f s", done.error, delay)
-            error = done.error
-            self._answer(done.number, failure=lambda: errors.VssUnavailable(f"the wallet backup did not reach VSS: {error}"))
+            reason = f"the wallet backup did not reach VSS: {done.error}"  # one error per waiter: each raises its own
+            self._answer(done.number, lambda reply: reply.fail(errors.VssUnavailable(reason)))
             return
         self._failures_in_a_row = 0
         self._retry_at = None
@@ -318,18 +319,18 @@ class WalletKeeper:
             server_version=done.version,
         )
         log.info("wallet backup uploaded: manifest version %s", done.version)
-        self._answer(done.number, version=done.version)
+        version = done.version
+        assert version is not None, "an upload that neither failed nor stopped landed at a version"
+        self._answer(done.number, lambda reply: reply.set(version))
 
-    def _answer(self, number: int, version: int | None = None, failure: Callable[[], errors.NodeError] | None = None) -> None:
+    def _answer(self, number: int, answer: Callable[[Reply[int]], None]) -> None:
         """Answer the BackupNow requests that round `number` satisfies."""
         waiting = []
         for needed, reply in self._waiters:
             if needed > number:
                 waiting.append((needed, reply))
-            elif failure is not None:
-                reply.fail(failure())
             else:
-                reply.set(version)
+                answer(reply)
         self._waiters = waiting
 
     def _close(self) -> None:

@@ -10,8 +10,8 @@ from __future__ import annotations
 import anyio
 import pytest
 
-from actors.auditor import RETRY_AFTER_FAILURE_S, AuditNow, Auditor
-from actors.messages import CheckRemote, Reply
+from actors.auditor import RETRY_AFTER_FAILURE_S, Auditor
+from actors.messages import AuditNow, CheckRemote, Reply
 from actorutil import KvRig, commit_directly, eventually, markers, remote_kv, seed_kv, stream, thread_aware_clock, vss_key
 from guardutil import keys
 from node.wallet_files import WalletHome
