@@ -31,6 +31,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from actors.messages import AuditorMessage, AuditReport, CheckRemote, OweKeys, WalletMessage, WriterMessage
 from actors.ownership_guard import FENCE_KEY
+from actors.progress import Throttle
 from actors.tasks import first_cause
 from actors.vss_port import VssPort
 from actors.wallet_restorer import restore_wallet
@@ -46,7 +47,6 @@ log = logging.getLogger(__name__)
 
 FETCH_CONCURRENCY = 32
 RETRY_AFTER_FAILURE_S = 300.0
-PROGRESS_EVERY_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -167,10 +167,10 @@ class Auditor:
         differing = compared = 0
         pending = list(common.items())
         slots = anyio.Semaphore(FETCH_CONCURRENCY)
-        next_report = time.monotonic() + PROGRESS_EVERY_S
+        progress = Throttle()
 
         async def check(batch: list[tuple[Triple, str]]) -> None:
-            nonlocal differing, compared, next_report
+            nonlocal differing, compared
             local = await anyio.to_thread.run_sync(self._store.get_many, [t for t, _ in batch])
             for triple, vss_key in batch:
                 async with slots:
@@ -184,8 +184,7 @@ class Auditor:
                 if not same:
                     differing += 1
                 compared += 1
-                if time.monotonic() >= next_report:
-                    next_report = time.monotonic() + PROGRESS_EVERY_S
+                if progress.due():
                     log.info("verify: %s of %s compared, %s different so far", f"{compared:,}",
                              counted(len(pending), "value"), f"{differing:,}")
 

@@ -1,4 +1,5 @@
-"""A progress line for long work, logged at most every few seconds: done, rate, time left."""
+"""Progress of long work (a restore, a verify, a wallet transfer), logged at most every
+few seconds so that a large job shows it is alive without flooding the log."""
 
 from __future__ import annotations
 
@@ -8,23 +9,40 @@ import time
 EVERY_S = 5.0
 
 
+class Throttle:
+    """Says when long work is due to report again: at most every `every_s` seconds."""
+
+    def __init__(self, every_s: float = EVERY_S) -> None:
+        self._started = time.monotonic()
+        self._every = every_s
+        self._next = self._started + every_s
+
+    def due(self) -> bool:
+        now = time.monotonic()
+        if now < self._next:
+            return False
+        self._next = now + self._every
+        return True
+
+    def elapsed(self) -> float:
+        """Seconds since the work started."""
+        return time.monotonic() - self._started
+
+
 class ProgressLog:
-    """Call `advance(done)` as work proceeds; every EVERY_S it logs one line such as
+    """Call `advance(done)` as bytes move; every EVERY_S it logs one line such as
     'wallet restore: 12.0 of 48.0 MiB, 6.1 MiB/s, about 6 s left'."""
 
     def __init__(self, log: logging.Logger, what: str, total_bytes: int) -> None:
         self._log = log
         self._what = what
         self._total = total_bytes
-        self._started = time.monotonic()
-        self._next = self._started + EVERY_S
+        self._throttle = Throttle()
 
     def advance(self, done_bytes: int) -> None:
-        now = time.monotonic()
-        if now < self._next:
+        if not self._throttle.due():
             return
-        self._next = now + EVERY_S
-        rate = done_bytes / (now - self._started)
+        rate = done_bytes / self._throttle.elapsed()
         left = (self._total - done_bytes) / rate if rate > 0 else 0.0
         self._log.info("%s: %.1f of %.1f MiB, %.1f MiB/s, about %.0f s left", self._what, done_bytes / 2**20,
                        self._total / 2**20, rate / 2**20, max(0.0, left))

@@ -22,7 +22,6 @@ rate, time left) is logged every few seconds.
 from __future__ import annotations
 
 import logging
-import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
@@ -32,6 +31,7 @@ import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from actors.ownership_guard import FENCE_KEY
+from actors.progress import Throttle
 from actors.tasks import first_cause
 from actors.vss_port import VssPort
 from node import crypto, errors, kv_keys
@@ -49,7 +49,6 @@ RETRY_BACKOFF = Backoff(base_s=0.5, max_s=8.0)
 # getObjects in flight. Measured (bench/RESULTS.md): 32 as fast as 64 at 0 ms, 0.52x of
 # it at +50 ms; the node's client keeps 64 connections, so more cannot be in flight.
 DEFAULT_CONCURRENCY = 64
-PROGRESS_EVERY_S = 5.0
 _STAGE_BATCH = 1000  # values per staging transaction, or:
 _STAGE_BYTES = 8 * 1024 * 1024  # plaintext bytes per staging transaction
 _LISTED_AHEAD = 1000  # keys listed and not yet fetched, past which the listing waits
@@ -84,8 +83,7 @@ class _Restore:
         self.room = anyio.Event()  # set when the fetchers took the queue down to _RESUME_LISTING
         self.rows: list[tuple[Triple, bytes]] = []
         self.row_bytes = 0
-        self.started = time.monotonic()
-        self.next_report = self.started + PROGRESS_EVERY_S
+        self.progress = Throttle()
 
     def offer(self, listed: list[tuple[str, Triple]], *, last: bool) -> None:
         """The lister's page of keys (and whether it was the last): wake the fetchers."""
@@ -97,10 +95,8 @@ class _Restore:
     def advance(self, **changes: int | bool) -> None:
         self.status = replace(self.status, **changes)  # type: ignore[arg-type]
         self.publish(self.status)
-        now = time.monotonic()
-        if now >= self.next_report:
-            self.next_report = now + PROGRESS_EVERY_S
-            log.info("restore: %s", progress_line(self.status, now - self.started))
+        if self.progress.due():
+            log.info("restore: %s", progress_line(self.status, self.progress.elapsed()))
 
 
 def progress_line(status: RestoreStatus, elapsed_s: float) -> str:
@@ -139,7 +135,7 @@ async def restore_kv(
     count = await anyio.to_thread.run_sync(store.make_restore_live, live_settings)
     run.advance(finished=True)
     log.info("restored %s (%.1f MiB) from VSS in %.1f s", counted(count, "key"), run.status.bytes_done / 2**20,
-             time.monotonic() - run.started)
+             run.progress.elapsed())
     return int(count)
 
 
