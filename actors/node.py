@@ -72,7 +72,17 @@ class WalletFile:
 
 
 class Node:
-    """One node on one data dir. Use `Node.open(config)` as an async context manager."""
+    """One node on one data dir: its local store, its lifecycle and, once unlocked, its
+    actors. Every failure it reports is a `node.errors.NodeError`.
+
+        async with Node.open(NodeConfig(data_dir=path, vss_url=url)) as node:
+            mnemonic = await node.init("password")   # once per data dir; show it once
+            await node.unlock("password")            # takes the stores, restores if empty
+            await node.put("ns", "", "key", b"value")
+            value = await node.get("ns", "", "key")
+
+    Run it under anyio (asyncio or trio); one process per data dir (a second one is
+    refused with DataDirInUse)."""
 
     def __init__(
         self,
@@ -122,7 +132,9 @@ class Node:
     @classmethod
     @asynccontextmanager
     async def open(cls, config: NodeConfig, **kwargs: Any) -> AsyncIterator[Node]:
-        """Run a node for the duration of the block; locks it (flushing) on the way out."""
+        """Run a node for the duration of the block; locks it (flushing) on the way out.
+        Raises ConfigError for a data dir of another network, DataDirInUse when another
+        process holds it."""
         node = cls(config, **kwargs)
         try:
             async with anyio.create_task_group() as tg:
@@ -348,7 +360,8 @@ class Node:
         await self._write(LocalChange(triple, bytes(value)), durability)
 
     async def delete(self, primary: str, secondary: str, key: str, *, durability: Durability = "local") -> None:
-        """Delete the key (also when absent); `durability` as for `put`."""
+        """Delete the key (also when absent); `durability` as for `put`, and the same
+        errors but ValueTooLarge."""
         await self._write(LocalChange(_validated(primary, secondary, key), None), durability)
 
     async def _write(self, change: LocalChange, durability: Durability) -> None:
@@ -399,13 +412,13 @@ class Node:
 
     # -- the wallet directory ------------------------------------------------------------
 
-    async def _to_wallet_keeper(self, message: WalletChange | BackupNow) -> int | None:
+    async def _to_wallet_keeper(self, message: WalletChange | BackupNow) -> None:
+        """Hand the wallet keeper a message; the caller awaits its reply."""
         session = self._writable()
         try:
             await session.wallet_inbox.send(message)
         except (anyio.BrokenResourceError, anyio.ClosedResourceError):
             raise errors.NodeLocked("the node was locked before this wallet operation ran") from None
-        return await message.reply.wait()
 
     async def wallet_write(self, path: str, data: bytes) -> None:
         """Write a wallet file atomically; returns once durable (a backup follows).
@@ -413,12 +426,17 @@ class Node:
         wallet_files.split_path(path)
         if len(data) > self.config.max_value_bytes:
             raise errors.ValueTooLarge(f"file of {len(data)} bytes is over the {self.config.max_value_bytes}-byte limit")
-        await self._to_wallet_keeper(WalletChange(path, bytes(data)))
+        change = WalletChange(path, bytes(data))
+        await self._to_wallet_keeper(change)
+        await change.reply.wait()
 
     async def wallet_delete(self, path: str) -> None:
-        """Delete a wallet file; deleting an absent file succeeds and changes nothing."""
+        """Delete a wallet file; deleting an absent file succeeds and changes nothing.
+        Raises InvalidPath, NodeLocked, OwnershipLost."""
         wallet_files.split_path(path)
-        await self._to_wallet_keeper(WalletChange(path, None))
+        change = WalletChange(path, None)
+        await self._to_wallet_keeper(change)
+        await change.reply.wait()
 
     async def wallet_read(self, path: str) -> bytes:
         """The content of a wallet file; raises InvalidPath, NotFound, NodeLocked."""
@@ -427,7 +445,8 @@ class Node:
         return await anyio.to_thread.run_sync(wallet_files.read_file, session.home.root, path)
 
     async def wallet_list(self) -> list[WalletFile]:
-        """Every file of the wallet directory with its size, sorted by path."""
+        """Every file of the wallet directory with its size, sorted by path. Raises
+        NodeLocked."""
         session = self._readable()
         found = await anyio.to_thread.run_sync(wallet_files.list_files, session.home.root)
         return [WalletFile(path, size) for path, size in found]
@@ -438,9 +457,9 @@ class Node:
         not read at its restore. Raises VssNotEnabled, WalletBackupUnreadable,
         VssUnavailable, OwnershipLost, StoreDiverged."""
         self._require_vss()
-        version = await self._to_wallet_keeper(BackupNow(replace_unreadable=replace_unreadable))
-        assert isinstance(version, int)
-        return version
+        request = BackupNow(replace_unreadable=replace_unreadable)
+        await self._to_wallet_keeper(request)
+        return await request.reply.wait()
 
     # -- VSS --------------------------------------------------------------------------------
 
@@ -500,7 +519,8 @@ class Node:
 
     async def backup_info(self) -> dict[str, Any]:
         """How far the backup lags and what the server holds, from what the node already
-        knows (no network call): the fields of `GET /vssbackupinfo`."""
+        knows (no network call): the fields of `GET /vssbackupinfo` (README, "The node
+        API"). Raises VssNotEnabled."""
         self._require_vss()
         pending, oldest = await anyio.to_thread.run_sync(self.store.pending_stats)
         flags = await anyio.to_thread.run_sync(self._wallet_flags)

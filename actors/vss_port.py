@@ -15,6 +15,9 @@ from vss.proto.vss_pb2 import KeyValue, ListKeyVersionsResponse
 
 
 class VssPort(Protocol):
+    """The four calls the actors make; errors are vss.errors' types (NoSuchKeyError,
+    ConflictError, VssUnavailableError, ...), retries are the implementation's job."""
+
     async def get_object(self, store_id: str, key: str) -> KeyValue:
         """The key's value and version; NoSuchKeyError if absent."""
         ...

@@ -34,6 +34,11 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class NodeConfig:
+    """Everything a node is started with; what `vssnode run`'s flags and `VSSNODE_*`
+    variables fill in, and what `Node(config)` takes in a program. Each field is the
+    flag of the same name (README, "Running"); `vss_url=None` runs without VSS. Raises
+    ConfigError, with a one-line reason, for a value that cannot work."""
+
     data_dir: Path
     network: str = "regtest"
     vss_url: str | None = None

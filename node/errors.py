@@ -11,7 +11,8 @@ from __future__ import annotations
 
 
 class NodeError(Exception):
-    """Base of the node's own failures."""
+    """Base of the node's own failures: catch it to handle any of them. `status` is the
+    HTTP status the API answers with, `name` the stable name it reports."""
 
     status: int = 400
 
@@ -24,26 +25,39 @@ class NodeError(Exception):
 
 
 class InvalidRequest(NodeError):
+    """The request is malformed: a missing or mistyped field, an unknown option."""
+
     status = 400
 
 
 class InvalidNamespace(NodeError, ValueError):
+    """A namespace breaks the naming rules: too long, characters outside [A-Za-z0-9_-],
+    the reserved `_`, or a secondary namespace without a primary one."""
+
     status = 400
 
 
 class InvalidKey(NodeError, ValueError):
+    """A key name breaks the naming rules (empty, too long, characters outside the allowed set)."""
+
     status = 400
 
 
 class InvalidPath(NodeError, ValueError):
+    """A wallet file path is absolute, escapes the wallet directory, or names a symlink."""
+
     status = 400
 
 
 class VssNotEnabled(NodeError):
+    """The call needs VSS and the node runs without `--vss-url`."""
+
     status = 400
 
 
 class Unauthorized(NodeError):
+    """The API token is missing or wrong."""
+
     status = 401
 
 
@@ -60,6 +74,8 @@ class ForbiddenOrigin(NodeError):
 
 
 class NotFound(NodeError):
+    """No such key or wallet file."""
+
     status = 404
 
 
@@ -67,18 +83,26 @@ class NotFound(NodeError):
 
 
 class NotInitialized(NodeError):
+    """The node has no mnemonic yet: call init first."""
+
     status = 409
 
 
 class AlreadyInitialized(NodeError):
+    """The node was initialized before; init runs once per data dir."""
+
     status = 409
 
 
 class NodeLocked(NodeError):
+    """The node is locked (or was locked while the call ran): unlock it first."""
+
     status = 409
 
 
 class NodeNotLocked(NodeError):
+    """The call needs a locked node (unlock, clearing the fence) and this one is not."""
+
     status = 409
 
 
@@ -101,6 +125,8 @@ class StoreDiverged(NodeError):
 
 
 class VerifyInProgress(NodeError):
+    """A verification is already running; one runs at a time."""
+
     status = 409
 
 
@@ -112,10 +138,14 @@ class WalletBackupUnreadable(NodeError):
 
 
 class ValueTooLarge(NodeError):
+    """The value is over the node's size limit."""
+
     status = 413
 
 
 class UnsupportedMediaType(NodeError):
+    """A body-carrying API call came without `Content-Type: application/json`."""
+
     status = 415
 
 
