@@ -21,6 +21,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import anyio
 
@@ -33,6 +34,9 @@ from vss.errors import (
     VssUnavailableError,
 )
 from vss.proto.vss_pb2 import KeyValue, ListKeyVersionsResponse
+
+if TYPE_CHECKING:
+    from actors.vss_port import VssPort
 
 PAGE = 100
 
@@ -213,3 +217,7 @@ class FakePort:
 
     async def aclose(self) -> None:
         pass
+
+
+if TYPE_CHECKING:
+    _satisfies: VssPort = FakePort(FakeVssServer())  # mypy (make test) checks the fake against the port
