@@ -186,6 +186,7 @@ async def test_a_stale_node_given_the_store_back_is_refused_unless_it_accepts(tm
             await a.unlock(PASSWORD)
         message = str(refused.value)
         assert "7 keys only on the server" in message and "1 key only on this node" in message, message
+        assert "(global_version +" in message and "restore into a fresh data dir" in message, message
         assert a.state is NodeState.LOCKED and server_kv(server, keys) == before
         assert FENCE_KEY not in server.values(keys.kv_store_id)
     async with node_on(server, tmp_path / "a", vss_accept_divergence=True) as a:
