@@ -281,3 +281,38 @@ async def test_a_wipe_found_by_the_wallet_stream_refills_the_kv_store_too(autoju
         assert fence_owner(server) == b"node-a"
         await a.put(KV, [item("_/_/k")])  # and the KV stream writes on with its new token
         tg.cancel_scope.cancel()
+
+
+def store_at(server: FakeVssServer, store_id: str, version: int) -> None:
+    """Bring a store with no fence to this global version (as another node's writes
+    would, its fence since cleared)."""
+    for token in range(server.store(store_id).global_version, version):
+        server.apply_put(store_id, [item(f"_/_/other{token}")], [], token)
+
+
+@pytest.mark.trio
+@pytest.mark.parametrize("found", [4, 3, 1])
+async def test_a_store_below_the_record_but_above_0_has_diverged(autojump_clock, found):
+    """Fault: this node last saw the KV store at global version 5, and finds it lower
+    (above 0) with no fence: not its own store any more (a store's version only grows;
+    another node's store, or a server restored from an old copy). Expected: refused as
+    a divergence, and no fence is written."""
+    server = FakeVssServer()
+    store_at(server, keys().kv_store_id, found)
+    a = GuardUnderTest(server.port(), "node-a", recorded={KV: 5, WALLET: 1})
+    with pytest.raises(StoreDivergedError) as refused:
+        await a.guard.acquire(KV)
+    assert (refused.value.divergence.recorded, refused.value.divergence.found) == (5, found)
+    assert fence_owner(server) is None and server.store(keys().kv_store_id).global_version == found
+
+
+@pytest.mark.trio
+async def test_a_store_at_0_with_no_fence_is_emptied_not_diverged(autojump_clock):
+    """The same node finding the store at version 0 with no fence: the server lost its
+    data (no takeover produces that). Expected: acquired and reported emptied, so it is
+    refilled, not refused as a divergence."""
+    server = FakeVssServer()
+    a = GuardUnderTest(server.port(), "node-a", recorded={KV: 5, WALLET: 1})
+    acquired = await a.guard.acquire(KV)
+    assert acquired.emptied and acquired.divergence is None and acquired.token == 1
+    assert fence_owner(server) == b"node-a"
