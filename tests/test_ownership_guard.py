@@ -316,3 +316,34 @@ async def test_a_store_at_0_with_no_fence_is_emptied_not_diverged(autojump_clock
     acquired = await a.guard.acquire(KV)
     assert acquired.emptied and acquired.divergence is None and acquired.token == 1
     assert fence_owner(server) == b"node-a"
+
+
+@pytest.mark.trio
+async def test_a_wallet_write_in_flight_never_holds_up_a_kv_write(autojump_clock):
+    """A large wallet upload takes long on the wire. Expected: while a wallet putObjects
+    is held in flight, a KV write is served and lands (each store has its own worker);
+    the wallet write then lands too."""
+    server = FakeVssServer()
+    port = FakePort(server)
+    a = GuardUnderTest(port, "node-a")
+    await take_both(a)
+    async with anyio.create_task_group() as tg:
+        a.start(tg)
+        held = port.pause_before("put_objects")
+        wallet_done = anyio.Event()
+
+        async def wallet_write() -> None:
+            await a.put(WALLET, [KeyValue(key="backup/chunk/0", version=0, value=b"a large piece")])
+            wallet_done.set()
+
+        tg.start_soon(wallet_write)
+        with anyio.fail_after(10):
+            await held.reached.wait()
+        with anyio.fail_after(10):
+            await a.put(KV, [item("_/_/k")])
+        assert "_/_/k" in server.values(keys().kv_store_id) and not wallet_done.is_set()
+        held.release()
+        with anyio.fail_after(10):
+            await wallet_done.wait()
+        assert "backup/chunk/0" in server.values(keys().wallet_store_id)
+        tg.cancel_scope.cancel()
