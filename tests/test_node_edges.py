@@ -20,6 +20,7 @@ import pytest
 
 from actors import Node, NodeState, wallet_upload
 from actors.ownership_guard import FENCE_KEY, clear_fence
+from actors.wallet_restorer import restore_wallet
 from fakevss import FakePort, FakeVssServer
 from node import crypto, errors, kv_keys
 from node.config import NodeConfig
@@ -27,6 +28,7 @@ from node.data_dir import DataDirInUse
 from node.keys import NodeKeys, derive_keys, generate_mnemonic
 from node.mnemonic_vault import FAST_LIMITS
 from node.store import Triple
+from node.wallet_files import WalletHome
 from node.wallet_format import MANIFEST_KEY
 from nodeutil import wait_for
 from vss.errors import VssUnavailableError
@@ -103,6 +105,39 @@ async def test_a_server_wiped_while_the_node_was_stopped_is_refilled_at_unlock(t
         await wait_for(lambda: settled(node), what="the refill after unlock")
         assert server_kv(server, keys) == node.store.all_items() and len(node.store.all_items()) == 10
         assert (await node.backup_info())["backup_restorable"] is True
+
+
+async def test_a_server_wiped_while_it_was_down_at_unlock_is_refilled_once_it_is_back(tmp_path):
+    """Fault: the server is down while the node unlocks; it comes back having lost its
+    data. Expected: the guard takes the stores at the first write, finds them empty,
+    and every local key and the wallet are owed again and land, not only that write.
+    (The background comparison is off: it would re-send the KV keys on its own, and
+    this is about what the guard does.)"""
+    server = FakeVssServer()
+    mnemonic = generate_mnemonic()
+    keys = derive_keys(mnemonic)
+    async with node_on(server, tmp_path / "a") as node:
+        await node.init(PASSWORD, mnemonic)
+        await node.unlock(PASSWORD)
+        for i in range(10):
+            await node.put("ns", "", f"k{i}", b"before the outage")
+        await node.wallet_write("w", b"wallet")
+        await node.backup_now()
+        await wait_for(lambda: settled(node), what="everything on the server")
+    port = FakePort(server)
+    port.down = True
+    async with node_on(server, tmp_path / "a", port=port, vss_verify_interval_s=0) as node:
+        await node.unlock(PASSWORD)
+        server.wipe()
+        port.down = False
+        await node.put("ns", "", "after", b"the write that takes the empty store")
+        await wait_for(lambda: len(server_kv(server, keys)) == 11, what="every key sent again")
+        await wait_for(lambda: settled(node), what="the wallet uploaded again")
+        assert node.state is NodeState.RUNNING
+        assert server_kv(server, keys) == node.store.all_items()
+        restored = tmp_path / "restored"
+        assert await restore_wallet(port, keys, WalletHome(tmp_path / "a", keys.fingerprint), dest=restored)
+        assert (restored / "w").read_bytes() == b"wallet"
 
 
 async def test_vss_enabled_while_the_server_is_down_owes_every_key(tmp_path):
