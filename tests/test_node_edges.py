@@ -232,6 +232,34 @@ async def test_a_stale_node_given_the_store_back_is_refused_unless_it_accepts(tm
         assert all(remote[("ns", "", f"b{i}")] == b"from B" for i in range(7))  # reported, never deleted
 
 
+async def test_a_node_that_never_wrote_still_notices_that_another_node_wrote(tmp_path):
+    """Fault: node A unlocks a fresh data dir and never writes (so nothing but its unlock
+    records the stores' versions); node B takes the store over and writes; A is locked,
+    its fence is cleared, and it unlocks again. Expected: 409 StoreDiverged, as for a
+    node that had written: a data dir with no record yet records what it found."""
+    server = FakeVssServer()
+    mnemonic = generate_mnemonic()
+    keys = derive_keys(mnemonic)
+    async with node_on(server, tmp_path / "a") as a, node_on(server, tmp_path / "b") as b:
+        await a.init(PASSWORD, mnemonic)
+        await a.unlock(PASSWORD)
+        await b.init(PASSWORD, mnemonic)
+        await b.clear_fence(PASSWORD)
+        await b.unlock(PASSWORD)
+        for i in range(3):
+            await b.put("ns", "", f"b{i}", b"from B")
+            await wait_for(lambda: settled(b), what="B's write on the server")
+        await b.lock()
+        await a.lock()
+        assert await a.clear_fence(PASSWORD)
+        before = server_kv(server, keys)
+        with pytest.raises(errors.StoreDiverged) as refused:
+            await a.unlock(PASSWORD)
+        assert refused.value.status == 409 and "3 keys only on the server" in str(refused.value)
+        assert a.state is NodeState.LOCKED and server_kv(server, keys) == before
+        assert FENCE_KEY not in server.values(keys.kv_store_id)
+
+
 async def test_a_divergence_found_after_an_unreachable_unlock_stops_replication_not_writes(tmp_path):
     server = FakeVssServer()
     mnemonic = generate_mnemonic()
