@@ -191,11 +191,12 @@ async def test_a_value_the_server_refuses_blocks_nothing_else(tmp_path):
         assert server_kv(server, keys) == node.store.all_items()
 
 
-async def test_a_stale_node_given_the_store_back_is_refused_unless_it_accepts(tmp_path):
+async def test_a_stale_node_given_the_store_back_is_refused_unless_it_accepts(tmp_path, caplog):
     """Fault: node A was replaced by B (a restore onto a fresh data dir), B wrote, then
     A is given the store back (its fence cleared). Expected: A's unlock is refused with
     StoreDiverged naming both sides' counts, and writes nothing; with the divergence
-    accepted, A's state wins and is re-sent, and B's keys stay on the server."""
+    accepted, A's state wins and is re-sent, the log gives both counts, and B's keys
+    stay on the server."""
     server = FakeVssServer()
     mnemonic = generate_mnemonic()
     keys = derive_keys(mnemonic)
@@ -226,6 +227,7 @@ async def test_a_stale_node_given_the_store_back_is_refused_unless_it_accepts(tm
         assert FENCE_KEY not in server.values(keys.kv_store_id)
     async with node_on(server, tmp_path / "a", vss_accept_divergence=True) as a:
         await a.unlock(PASSWORD)
+        assert "7 keys only on the server (left alone), 1 key only on this node" in caplog.text
         await wait_for(lambda: settled(a), what="A's state re-sent")
         remote = server_kv(server, keys)
         assert remote[("ns", "", "shared")] == b"from A" and remote[("ns", "", "a-only")] == b"from A"
