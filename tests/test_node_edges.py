@@ -472,3 +472,42 @@ async def test_an_actor_that_fails_locks_the_node_which_can_be_unlocked_again(tm
         await node.unlock(PASSWORD)
         await wait_for(lambda: settled(node), what="the kept write sent after the new unlock")
         assert server_kv(server, keys) == {("ns", "", "k"): b"kept"}
+
+
+async def test_a_fenced_node_stays_fenced_when_its_actors_then_fail(tmp_path, caplog):
+    """Fault: node B takes the store over; node A learns it from its wallet stream while
+    a KV write of A's is still in flight, and that write then fails with something no
+    actor expects (a bug), so A's actors fail after A turned fenced. Expected: A stays
+    fenced, and says so, with the failure in its log (before, it dropped to locked and
+    the operator's alert cleared itself); reads go on; locking ends it."""
+    server = FakeVssServer()
+    port = FakePort(server)
+    mnemonic = generate_mnemonic()
+    async with node_on(server, tmp_path / "a", port=port) as a, node_on(server, tmp_path / "b") as b:
+        await a.init(PASSWORD, mnemonic)
+        await a.unlock(PASSWORD)
+        await a.put("ns", "", "k", b"A")
+        await a.wallet_write("w", b"A's wallet")
+        await wait_for(lambda: settled(a), what="A on the server")
+        await b.init(PASSWORD, mnemonic)
+        await b.clear_fence(PASSWORD)
+        await b.unlock(PASSWORD)
+        held = port.pause_before("put_objects")
+        await a.put("ns", "", "k2", b"in flight")
+        with anyio.fail_after(15):
+            await held.reached.wait()  # A's KV write, held on its way to the server
+        await a.wallet_write("w", b"A's wallet, changed")  # its upload finds B's fence
+        await wait_for(lambda: a.state is NodeState.FENCED, what="A fenced by its wallet stream")
+        port.fail_next("put_objects", RuntimeError("injected: a bug"))  # type: ignore[arg-type]
+        held.release()
+        await wait_for(lambda: "the node's actors failed" in caplog.text, what="A's actors failing")
+        assert a.state is NodeState.FENCED and (await a.backup_info())["fenced"] is True
+        assert "failed (RuntimeError: injected: a bug) after the node turned fenced; it stays fenced" in caplog.text
+        assert a.gauges()["fenced"] == 1.0
+        assert await a.get("ns", "", "k2") == b"in flight"
+        with pytest.raises(errors.OwnershipLost):
+            await a.put("ns", "", "k3", b"refused")
+        await a.lock()
+        assert a.state is NodeState.LOCKED
+        with pytest.raises(errors.OwnershipConflict):  # B holds the store
+            await a.unlock(PASSWORD)
