@@ -10,7 +10,9 @@ States: uninitialized --init--> locked --unlock--> unlocking (keys, stores, rest
 --> running --lock--> locked. While running, the ownership-guard may report that the
 stores stopped: another node took them over (fenced: reads only) or wrote them while
 this node was away (diverged: reads and writes go on, owed, nothing is sent). Either
-stays until the operator locks the node. One lifecycle change runs at a time; the actors
+stays until the operator locks the node (or restarts it), even if the actors then fail:
+the operator's alert depends on it. An actor failing while the node runs locks it.
+One lifecycle change runs at a time; the actors
 of an unlocked node run in one session, started by unlock and stopped by lock. The
 actors report to this state machine; none of them takes the lifecycle lock.
 """
@@ -34,6 +36,7 @@ from actors.metrics import NodeMetrics
 from actors.ownership_guard import FenceLost, clear_fence
 from actors.restorer import RestoreStatus
 from actors.session import Session, SessionStatus
+from actors.tasks import first_cause
 from actors.vss_port import VssPort
 from actors.wallet_keeper import UNREADABLE_HINT
 from node import errors, kv_keys, settings, wallet_files
@@ -307,9 +310,14 @@ class Node:
         except Exception as exc:
             if session is None or not session.started:
                 raise  # unlock fails and says why
+            cause = one_line(first_cause(exc) if isinstance(exc, BaseExceptionGroup) else exc)
+            if self._state in (NodeState.FENCED, NodeState.DIVERGED):
+                # The session stays, stopped: its last figures still answer, and lock() ends it.
+                log.error("the node's actors failed (%s) after the node turned %s; it stays %s until it is locked",
+                          cause, self._state.value, self._state.value, exc_info=exc)
+                return
             # An actor failed: stop the session rather than the whole process.
-            log.error("the node's actors failed (%s); the node is now locked, unlock to retry", one_line(exc),
-                      exc_info=exc)
+            log.error("the node's actors failed (%s); the node is now locked, unlock to retry", cause, exc_info=exc)
             self._state, self._session = NodeState.LOCKED, None
         finally:
             done.set()

@@ -4,6 +4,7 @@ Owns: the fencing state of both stores, each store's `global_version` as the tok
 its next write must carry, and (KV) the version of the fence key; whether the node is
 fenced out or diverged.
 Receives: FencedPut (replicator for the KV store, wallet uploader for the wallet store).
+Reads: the local key sets, only to say what each side has when a divergence is accepted.
 Sends: putObjects; RecordStoreVersion (after an acquire, and after each wallet write:
 the replicator records the KV store's own after each KV batch) and OweAll to the
 local-writer; OweWallet to the wallet-keeper; one report (fenced, diverged) to the node.
@@ -34,7 +35,9 @@ fence beside the new owner's token. Then:
 Acquiring checks the token against the version this node recorded last: beyond what its
 own re-acquire and one write whose reply was lost explain, another node has written the
 store. That is a divergence: unlock refuses it (unless the operator accepts it), and
-found later (the server was down at unlock) it stops both streams.
+found later (the server was down at unlock) it stops both streams. Accepted
+(`--vss-accept-divergence`), both find it alike: `log_accepted` says how many keys only
+the server has and how many only this node has.
 
 Each store has its own worker task, so a large wallet upload never stalls the KV stream;
 each handles one write at a time, so a store has one write in flight.
@@ -46,6 +49,7 @@ import logging
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+from typing import Protocol
 
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
@@ -62,10 +66,11 @@ from actors.messages import (
 )
 from actors.metrics import NodeMetrics
 from actors.vss_port import VssPort
-from node import errors, settings
+from node import errors, kv_keys, settings
 from node.keys import NodeKeys
-from node.store import LocalStore
-from vss.errors import ConflictError, NoSuchKeyError
+from node.store import LocalStore, Triple
+from node.wording import counted
+from vss.errors import ConflictError, NoSuchKeyError, VssError, one_line
 from vss.proto.vss_pb2 import KeyValue
 
 log = logging.getLogger(__name__)
@@ -118,6 +123,14 @@ class GuardStatus:
     (Fenced and diverged are the node's states: the guard reports them once.)"""
 
     store_resets: int = 0  # emptied stores found and refilled this session
+
+
+class LocalKeys(Protocol):
+    """What the guard reads of the local store (a LocalStore is one)."""
+
+    def key_sets(self) -> tuple[set[Triple], set[Triple]]:
+        """(every local key, every owed key)."""
+        ...
 
 
 class StoreEvent:
@@ -177,6 +190,35 @@ async def clear_fence(port: VssPort, store_id: str) -> bool:
     return True
 
 
+async def key_counts(local: LocalKeys, port: VssPort, kv_store_id: str) -> tuple[int, int]:
+    """(keys only the server has, keys only this node has) of the KV stream."""
+    remote: set[Triple] = set()
+    async for item in port.iter_key_versions(kv_store_id):
+        if item.key == FENCE_KEY:
+            continue
+        try:
+            remote.add(kv_keys.from_vss_key(item.key))
+        except errors.InvalidKey:
+            continue
+    here, _ = await anyio.to_thread.run_sync(local.key_sets)
+    return len(remote - here), len(here - remote)
+
+
+async def log_accepted(divergence: Divergence, local: LocalKeys, port: VssPort, kv_store_id: str) -> None:
+    """Say loudly that a divergence was accepted, and what each side has that the other
+    lacks: at unlock and when the guard finds it later alike. A server that cannot be
+    listed costs the counts, never the re-send that follows."""
+    try:
+        only_server, only_node = await key_counts(local, port, kv_store_id)
+        counts = f"{counted(only_server, 'key')} only on the server (left alone), {counted(only_node, 'key')} only on this node"
+    except VssError as exc:
+        counts = f"the keys on each side could not be counted ({one_line(exc)})"
+    log.warning("!" * 72)
+    log.warning("--vss-accept-divergence: %s; the local state wins and is re-sent whole", divergence.describe())
+    log.warning("%s", counts)
+    log.warning("!" * 72)
+
+
 class _Fence:
     """One store's fencing state; used by one task at a time (its worker, or acquire)."""
 
@@ -197,11 +239,13 @@ class OwnershipGuard:
         keys: NodeKeys,
         instance_id: str,
         recorded: dict[StoreKind, int | None],
+        local: LocalKeys,
         *,
         accept_divergence: bool,
         metrics: NodeMetrics,
     ) -> None:
         self._port = port
+        self._local = local
         self._metrics = metrics
         self._me = instance_id
         self._accept_divergence = accept_divergence
@@ -386,12 +430,12 @@ class OwnershipGuard:
                     acquired = await self._take(kind)
                 except errors.OwnershipConflict as exc:
                     raise FenceLost(str(exc)) from None
+                if acquired.divergence is not None:  # before the record: a node stopped here finds it again
+                    await log_accepted(acquired.divergence, self._local, self._port, self._fences[StoreKind.KV].store_id)
+                elif acquired.emptied:
+                    log.warning("the %s store was empty: everything local is owed to it again", kind.value)
                 await self._record(fence)
                 if acquired.emptied or acquired.divergence is not None:
-                    why = "was empty"
-                    if acquired.divergence is not None:
-                        why = f"had diverged ({acquired.divergence.describe()}; accepted)"
-                    log.warning("the %s store %s: everything local is owed to it again", kind.value, why)
                     if kind is StoreKind.KV:
                         await self._writer.send(OweAll())
                     await self._wallet_keeper.send(OweWallet())

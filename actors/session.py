@@ -124,6 +124,7 @@ class Session:
                 keys,
                 load_or_create_instance_id(store),
                 recorded_versions(store),
+                store,
                 accept_divergence=config.vss_accept_divergence,
                 metrics=metrics,
             ),

@@ -27,14 +27,14 @@ from dataclasses import dataclass
 import anyio
 
 from actors.messages import RemoteSeen, StoreKind
-from actors.ownership_guard import FENCE_KEY, RECORD_SETTING, Acquired, OwnershipGuard, StoreDivergedError
+from actors.ownership_guard import RECORD_SETTING, OwnershipGuard, StoreDivergedError, key_counts, log_accepted
 from actors.restorer import RestoreStatus, restore_kv
 from actors.vss_port import VssPort
 from actors.wallet_restorer import WalletStage, allowed_failure, install_wallet, stage_wallet
-from node import errors, kv_keys, settings
+from node import errors, settings
 from node.config import NodeConfig
 from node.keys import NodeKeys
-from node.store import LocalStore, Triple
+from node.store import LocalStore
 from node.wallet_files import WalletHome
 from node.wallet_format import MANIFEST_KEY
 from node.wording import counted
@@ -125,7 +125,7 @@ async def _take_stores(store: LocalStore, port: VssPort, keys: NodeKeys, guard: 
             raise await _diverged(store, port, keys, exc) from None
         store.set_settings({RECORD_SETTING[kind]: str(acquired.token).encode()})
         if acquired.divergence is not None:
-            await _log_accepted(store, port, keys, acquired)
+            await log_accepted(acquired.divergence, store, port, keys.kv_store_id)
             situation.owe_kv = situation.owe_wallet = True
         elif acquired.emptied and (situation.kv_known if kind is StoreKind.KV else situation.wallet_known):
             log.error("!" * 72)
@@ -138,18 +138,8 @@ async def _take_stores(store: LocalStore, port: VssPort, keys: NodeKeys, guard: 
     return True
 
 
-async def _log_accepted(store: LocalStore, port: VssPort, keys: NodeKeys, acquired: Acquired) -> None:
-    assert acquired.divergence is not None
-    only_server, only_node = await _key_counts(store, port, keys)
-    log.warning("!" * 72)
-    log.warning("--vss-accept-divergence: %s; the local state wins and is re-sent whole", acquired.divergence.describe())
-    log.warning("%s only on the server (left alone), %s only on this node", counted(only_server, "key"),
-                counted(only_node, "key"))
-    log.warning("!" * 72)
-
-
 async def _diverged(store: LocalStore, port: VssPort, keys: NodeKeys, exc: StoreDivergedError) -> errors.StoreDiverged:
-    only_server, only_node = await _key_counts(store, port, keys)
+    only_server, only_node = await key_counts(store, port, keys.kv_store_id)
     gap = exc.divergence.found - exc.divergence.recorded
     return errors.StoreDiverged(
         f"{exc.divergence.describe()} (global_version {'+' if gap > 0 else ''}{gap}): "
@@ -157,20 +147,6 @@ async def _diverged(store: LocalStore, port: VssPort, keys: NodeKeys, exc: Store
         "The safe way is to restore into a fresh data dir with this mnemonic; to make this node's state win "
         "and overwrite the server's, unlock with --vss-accept-divergence"
     )
-
-
-async def _key_counts(store: LocalStore, port: VssPort, keys: NodeKeys) -> tuple[int, int]:
-    """(keys only the server has, keys only this node has) of the KV stream."""
-    remote: set[Triple] = set()
-    async for item in port.iter_key_versions(keys.kv_store_id):
-        if item.key == FENCE_KEY:
-            continue
-        try:
-            remote.add(kv_keys.from_vss_key(item.key))
-        except errors.InvalidKey:
-            continue
-    local, _ = await anyio.to_thread.run_sync(store.key_sets)
-    return len(remote - local), len(local - remote)
 
 
 async def _stage_wallet(

@@ -2,13 +2,15 @@
 
 `GuardUnderTest` starts the guard as the session would, with stand-ins for the
 local-writer (it answers every RecordStoreVersion and remembers it) and for the wallet
-keeper (it counts OweWallet), and gives a `put()` that does what the replicator and the
-wallet uploader do: send a FencedPut and wait for its reply.
+keeper (it counts OweWallet) and for the local store (the key sets the guard counts
+when a divergence is accepted: `local_keys`, short keys in the empty namespaces), and
+gives a `put()` that does what the replicator and the wallet uploader do: send a
+FencedPut and wait for its reply.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from functools import cache
 
 import anyio
@@ -19,6 +21,7 @@ from actors.metrics import NodeMetrics
 from actors.ownership_guard import OwnershipGuard, StoreEvent
 from fakevss import FakePort
 from node.keys import NodeKeys, derive_keys
+from node.store import Triple
 from vss.proto.vss_pb2 import KeyValue
 
 MNEMONIC = "abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon about"
@@ -29,13 +32,23 @@ def keys() -> NodeKeys:
     return derive_keys(MNEMONIC)
 
 
+class LocalKeysStandIn:
+    """The local store as the guard reads it: these keys, none of them owed."""
+
+    def __init__(self, short_keys: Iterable[str]) -> None:
+        self.keys: set[Triple] = {("", "", key) for key in short_keys}
+
+    def key_sets(self) -> tuple[set[Triple], set[Triple]]:
+        return set(self.keys), set()
+
+
 class GuardUnderTest:
     def __init__(self, port: FakePort, instance_id: str, *, recorded: dict[StoreKind, int | None] | None = None,
-                 accept_divergence: bool = False) -> None:
+                 accept_divergence: bool = False, local_keys: Iterable[str] = ()) -> None:
         self.port = port
         self.metrics = NodeMetrics()
-        self.guard = OwnershipGuard(port, keys(), instance_id, recorded or {}, accept_divergence=accept_divergence,
-                                    metrics=self.metrics)
+        self.guard = OwnershipGuard(port, keys(), instance_id, recorded or {}, LocalKeysStandIn(local_keys),
+                                    accept_divergence=accept_divergence, metrics=self.metrics)
         self.records: list[tuple[StoreKind, int]] = []
         self.owe_all = 0
         self.owe_wallet = 0

@@ -1,5 +1,6 @@
 """The node's HTTP API through the Quart test client: lifecycle, KV routes, error
-shapes, and bad input that must change nothing."""
+shapes, and bad input that must change nothing (VSS routes against the in-memory
+server)."""
 
 from __future__ import annotations
 
@@ -8,9 +9,15 @@ from pathlib import Path
 
 import pytest
 
+from actors.wallet_restorer import restore_wallet
+from fakevss import FakeVssServer
 from node.config import NodeConfig
+from node.keys import derive_keys
 from node.mnemonic_vault import FAST_LIMITS
+from node.wallet_files import WalletHome
+from node.wallet_format import MANIFEST_KEY
 from nodeutil import MNEMONIC_A
+from vss.proto.vss_pb2 import KeyValue
 from vssnode.http_api import create_app
 
 pytestmark = pytest.mark.anyio
@@ -234,3 +241,39 @@ async def test_the_documented_info_fields_are_the_fields_the_node_gives(tmp_path
     assert set(info) == set(schemas["NodeInfo"]["properties"])
     assert set(info["restore"]) == set(schemas["NodeInfo"]["properties"]["restore"]["properties"])
     assert set(backup) == set(schemas["BackupInfo"]["properties"]) == set(schemas["BackupInfo"]["required"])
+
+
+async def test_vssbackup_uploads_over_an_unreadable_backup_only_when_asked(tmp_path):
+    """The server holds a wallet backup this node cannot read (a damaged manifest), and
+    the node was allowed to start empty. Expected: a plain POST /vssbackup refuses
+    (409, and /vssbackupinfo says why); a body that is not a boolean or not JSON changes
+    nothing (400, 415); with {"replace_unreadable": true} the node's wallet goes up and
+    the server's copy decrypts with this node's key."""
+    server = FakeVssServer()
+    keys = derive_keys(MNEMONIC_A)
+    server.apply_put(keys.wallet_store_id, [KeyValue(key=MANIFEST_KEY, version=0, value=b"not a manifest")], [], None)
+    config = NodeConfig(data_dir=tmp_path / "node", vault_limits=FAST_LIMITS, vss_url="https://vss.example/vss",
+                        vss_allow_empty_restore=True)
+    app = create_app(config, vss_port=lambda _: server.port())
+    async with app.test_app() as test_app:
+        client = test_app.test_client()
+        await unlocked(client)
+        info = await (await client.get("/vssbackupinfo")).get_json()
+        assert "replace_unreadable" in info["wallet_error"] and info["backup_restorable"] is False
+        assert (await client.put("/wallet/files/w", data=b"the new wallet")).status_code == 204
+        puts = server.puts
+        await assert_error(await client.post("/vssbackup"), 409, "WalletBackupUnreadable")
+        await assert_error(await client.post("/vssbackup", json={}), 409, "WalletBackupUnreadable")
+        await assert_error(await client.post("/vssbackup", json={"replace_unreadable": "yes"}), 400, "InvalidRequest")
+        await assert_error(await client.post("/vssbackup", data=b'{"replace_unreadable": true}',
+                                             headers={"Content-Type": "text/plain"}), 415, "UnsupportedMediaType")
+        assert server.puts == puts and server.values(keys.wallet_store_id)[MANIFEST_KEY] == b"not a manifest"
+        assert "replace_unreadable" in (await (await client.get("/vssbackupinfo")).get_json())["wallet_error"]
+        replaced = await client.post("/vssbackup", json={"replace_unreadable": True})
+        assert replaced.status_code == 200, await replaced.get_data()
+        assert isinstance((await replaced.get_json())["version"], int)
+        info = await (await client.get("/vssbackupinfo")).get_json()
+        assert info["wallet_error"] is None and info["backup_restorable"] is True
+    restored = tmp_path / "restored"
+    assert await restore_wallet(server.port(), keys, WalletHome(tmp_path / "node", keys.fingerprint), dest=restored)
+    assert (restored / "w").read_bytes() == b"the new wallet"

@@ -45,12 +45,14 @@ def test_environment_twins_of_the_flags(tmp_path):
             "VSSNODE_VSS_ALLOW_EMPTY_RESTORE": "true",
             "VSSNODE_API_TOKEN": "s3cr3t-value",
             "VSSNODE_RETRY_QUEUE_CAPACITY": "200",
+            "VSSNODE_VSS_VERIFY_INTERVAL": "90",
+            "VSSNODE_VSS_ACCEPT_DIVERGENCE": "yes",
         }
     )
     assert config == NodeConfig(
         data_dir=tmp_path, network="signet", vss_url="http://vss.internal/vss", vss_allow_http=True,
         vss_allow_empty_restore=True, api_token="s3cr3t-value",
-        retry_queue_capacity=200,
+        retry_queue_capacity=200, vss_verify_interval_s=90.0, vss_accept_divergence=True,
     )
     assert "s3cr3t-value" not in repr(config)
     with pytest.raises(ConfigError):

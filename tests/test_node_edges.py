@@ -20,6 +20,7 @@ import pytest
 
 from actors import Node, NodeState, wallet_upload
 from actors.ownership_guard import FENCE_KEY, clear_fence
+from actors.wallet_restorer import restore_wallet
 from fakevss import FakePort, FakeVssServer
 from node import crypto, errors, kv_keys
 from node.config import NodeConfig
@@ -27,6 +28,7 @@ from node.data_dir import DataDirInUse
 from node.keys import NodeKeys, derive_keys, generate_mnemonic
 from node.mnemonic_vault import FAST_LIMITS
 from node.store import Triple
+from node.wallet_files import WalletHome
 from node.wallet_format import MANIFEST_KEY
 from nodeutil import wait_for
 from vss.errors import VssUnavailableError
@@ -105,6 +107,39 @@ async def test_a_server_wiped_while_the_node_was_stopped_is_refilled_at_unlock(t
         assert (await node.backup_info())["backup_restorable"] is True
 
 
+async def test_a_server_wiped_while_it_was_down_at_unlock_is_refilled_once_it_is_back(tmp_path):
+    """Fault: the server is down while the node unlocks; it comes back having lost its
+    data. Expected: the guard takes the stores at the first write, finds them empty,
+    and every local key and the wallet are owed again and land, not only that write.
+    (The background comparison is off: it would re-send the KV keys on its own, and
+    this is about what the guard does.)"""
+    server = FakeVssServer()
+    mnemonic = generate_mnemonic()
+    keys = derive_keys(mnemonic)
+    async with node_on(server, tmp_path / "a") as node:
+        await node.init(PASSWORD, mnemonic)
+        await node.unlock(PASSWORD)
+        for i in range(10):
+            await node.put("ns", "", f"k{i}", b"before the outage")
+        await node.wallet_write("w", b"wallet")
+        await node.backup_now()
+        await wait_for(lambda: settled(node), what="everything on the server")
+    port = FakePort(server)
+    port.down = True
+    async with node_on(server, tmp_path / "a", port=port, vss_verify_interval_s=0) as node:
+        await node.unlock(PASSWORD)
+        server.wipe()
+        port.down = False
+        await node.put("ns", "", "after", b"the write that takes the empty store")
+        await wait_for(lambda: len(server_kv(server, keys)) == 11, what="every key sent again")
+        await wait_for(lambda: settled(node), what="the wallet uploaded again")
+        assert node.state is NodeState.RUNNING
+        assert server_kv(server, keys) == node.store.all_items()
+        restored = tmp_path / "restored"
+        assert await restore_wallet(port, keys, WalletHome(tmp_path / "a", keys.fingerprint), dest=restored)
+        assert (restored / "w").read_bytes() == b"wallet"
+
+
 async def test_vss_enabled_while_the_server_is_down_owes_every_key(tmp_path):
     """Fault: a node with state is first started with VSS while the server is down.
     Expected: it unlocks, every local key is owed (pending counts them all, before
@@ -156,11 +191,12 @@ async def test_a_value_the_server_refuses_blocks_nothing_else(tmp_path):
         assert server_kv(server, keys) == node.store.all_items()
 
 
-async def test_a_stale_node_given_the_store_back_is_refused_unless_it_accepts(tmp_path):
+async def test_a_stale_node_given_the_store_back_is_refused_unless_it_accepts(tmp_path, caplog):
     """Fault: node A was replaced by B (a restore onto a fresh data dir), B wrote, then
     A is given the store back (its fence cleared). Expected: A's unlock is refused with
     StoreDiverged naming both sides' counts, and writes nothing; with the divergence
-    accepted, A's state wins and is re-sent, and B's keys stay on the server."""
+    accepted, A's state wins and is re-sent, the log gives both counts, and B's keys
+    stay on the server."""
     server = FakeVssServer()
     mnemonic = generate_mnemonic()
     keys = derive_keys(mnemonic)
@@ -186,14 +222,44 @@ async def test_a_stale_node_given_the_store_back_is_refused_unless_it_accepts(tm
             await a.unlock(PASSWORD)
         message = str(refused.value)
         assert "7 keys only on the server" in message and "1 key only on this node" in message, message
+        assert "(global_version +" in message and "restore into a fresh data dir" in message, message
         assert a.state is NodeState.LOCKED and server_kv(server, keys) == before
         assert FENCE_KEY not in server.values(keys.kv_store_id)
     async with node_on(server, tmp_path / "a", vss_accept_divergence=True) as a:
         await a.unlock(PASSWORD)
+        assert "7 keys only on the server (left alone), 1 key only on this node" in caplog.text
         await wait_for(lambda: settled(a), what="A's state re-sent")
         remote = server_kv(server, keys)
         assert remote[("ns", "", "shared")] == b"from A" and remote[("ns", "", "a-only")] == b"from A"
         assert all(remote[("ns", "", f"b{i}")] == b"from B" for i in range(7))  # reported, never deleted
+
+
+async def test_a_node_that_never_wrote_still_notices_that_another_node_wrote(tmp_path):
+    """Fault: node A unlocks a fresh data dir and never writes (so nothing but its unlock
+    records the stores' versions); node B takes the store over and writes; A is locked,
+    its fence is cleared, and it unlocks again. Expected: 409 StoreDiverged, as for a
+    node that had written: a data dir with no record yet records what it found."""
+    server = FakeVssServer()
+    mnemonic = generate_mnemonic()
+    keys = derive_keys(mnemonic)
+    async with node_on(server, tmp_path / "a") as a, node_on(server, tmp_path / "b") as b:
+        await a.init(PASSWORD, mnemonic)
+        await a.unlock(PASSWORD)
+        await b.init(PASSWORD, mnemonic)
+        await b.clear_fence(PASSWORD)
+        await b.unlock(PASSWORD)
+        for i in range(3):
+            await b.put("ns", "", f"b{i}", b"from B")
+            await wait_for(lambda: settled(b), what="B's write on the server")
+        await b.lock()
+        await a.lock()
+        assert await a.clear_fence(PASSWORD)
+        before = server_kv(server, keys)
+        with pytest.raises(errors.StoreDiverged) as refused:
+            await a.unlock(PASSWORD)
+        assert refused.value.status == 409 and "3 keys only on the server" in str(refused.value)
+        assert a.state is NodeState.LOCKED and server_kv(server, keys) == before
+        assert FENCE_KEY not in server.values(keys.kv_store_id)
 
 
 async def test_a_divergence_found_after_an_unreachable_unlock_stops_replication_not_writes(tmp_path):
@@ -406,3 +472,42 @@ async def test_an_actor_that_fails_locks_the_node_which_can_be_unlocked_again(tm
         await node.unlock(PASSWORD)
         await wait_for(lambda: settled(node), what="the kept write sent after the new unlock")
         assert server_kv(server, keys) == {("ns", "", "k"): b"kept"}
+
+
+async def test_a_fenced_node_stays_fenced_when_its_actors_then_fail(tmp_path, caplog):
+    """Fault: node B takes the store over; node A learns it from its wallet stream while
+    a KV write of A's is still in flight, and that write then fails with something no
+    actor expects (a bug), so A's actors fail after A turned fenced. Expected: A stays
+    fenced, and says so, with the failure in its log (before, it dropped to locked and
+    the operator's alert cleared itself); reads go on; locking ends it."""
+    server = FakeVssServer()
+    port = FakePort(server)
+    mnemonic = generate_mnemonic()
+    async with node_on(server, tmp_path / "a", port=port) as a, node_on(server, tmp_path / "b") as b:
+        await a.init(PASSWORD, mnemonic)
+        await a.unlock(PASSWORD)
+        await a.put("ns", "", "k", b"A")
+        await a.wallet_write("w", b"A's wallet")
+        await wait_for(lambda: settled(a), what="A on the server")
+        await b.init(PASSWORD, mnemonic)
+        await b.clear_fence(PASSWORD)
+        await b.unlock(PASSWORD)
+        held = port.pause_before("put_objects")
+        await a.put("ns", "", "k2", b"in flight")
+        with anyio.fail_after(15):
+            await held.reached.wait()  # A's KV write, held on its way to the server
+        await a.wallet_write("w", b"A's wallet, changed")  # its upload finds B's fence
+        await wait_for(lambda: a.state is NodeState.FENCED, what="A fenced by its wallet stream")
+        port.fail_next("put_objects", RuntimeError("injected: a bug"))  # type: ignore[arg-type]
+        held.release()
+        await wait_for(lambda: "the node's actors failed" in caplog.text, what="A's actors failing")
+        assert a.state is NodeState.FENCED and (await a.backup_info())["fenced"] is True
+        assert "failed (RuntimeError: injected: a bug) after the node turned fenced; it stays fenced" in caplog.text
+        assert a.gauges()["fenced"] == 1.0
+        assert await a.get("ns", "", "k2") == b"in flight"
+        with pytest.raises(errors.OwnershipLost):
+            await a.put("ns", "", "k3", b"refused")
+        await a.lock()
+        assert a.state is NodeState.LOCKED
+        with pytest.raises(errors.OwnershipConflict):  # B holds the store
+            await a.unlock(PASSWORD)

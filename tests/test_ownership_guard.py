@@ -281,3 +281,130 @@ async def test_a_wipe_found_by_the_wallet_stream_refills_the_kv_store_too(autoju
         assert fence_owner(server) == b"node-a"
         await a.put(KV, [item("_/_/k")])  # and the KV stream writes on with its new token
         tg.cancel_scope.cancel()
+
+
+def store_at(server: FakeVssServer, store_id: str, version: int) -> None:
+    """Bring a store with no fence to this global version (as another node's writes
+    would, its fence since cleared)."""
+    for token in range(server.store(store_id).global_version, version):
+        server.apply_put(store_id, [item(f"_/_/other{token}")], [], token)
+
+
+@pytest.mark.trio
+@pytest.mark.parametrize("found", [4, 3, 1])
+async def test_a_store_below_the_record_but_above_0_has_diverged(autojump_clock, found):
+    """Fault: this node last saw the KV store at global version 5, and finds it lower
+    (above 0) with no fence: not its own store any more (a store's version only grows;
+    another node's store, or a server restored from an old copy). Expected: refused as
+    a divergence, and no fence is written."""
+    server = FakeVssServer()
+    store_at(server, keys().kv_store_id, found)
+    a = GuardUnderTest(server.port(), "node-a", recorded={KV: 5, WALLET: 1})
+    with pytest.raises(StoreDivergedError) as refused:
+        await a.guard.acquire(KV)
+    assert (refused.value.divergence.recorded, refused.value.divergence.found) == (5, found)
+    assert fence_owner(server) is None and server.store(keys().kv_store_id).global_version == found
+
+
+@pytest.mark.trio
+async def test_a_store_at_0_with_no_fence_is_emptied_not_diverged(autojump_clock):
+    """The same node finding the store at version 0 with no fence: the server lost its
+    data (no takeover produces that). Expected: acquired and reported emptied, so it is
+    refilled, not refused as a divergence."""
+    server = FakeVssServer()
+    a = GuardUnderTest(server.port(), "node-a", recorded={KV: 5, WALLET: 1})
+    acquired = await a.guard.acquire(KV)
+    assert acquired.emptied and acquired.divergence is None and acquired.token == 1
+    assert fence_owner(server) == b"node-a"
+
+
+@pytest.mark.trio
+async def test_a_wallet_write_in_flight_never_holds_up_a_kv_write(autojump_clock):
+    """A large wallet upload takes long on the wire. Expected: while a wallet putObjects
+    is held in flight, a KV write is served and lands (each store has its own worker);
+    the wallet write then lands too."""
+    server = FakeVssServer()
+    port = FakePort(server)
+    a = GuardUnderTest(port, "node-a")
+    await take_both(a)
+    async with anyio.create_task_group() as tg:
+        a.start(tg)
+        held = port.pause_before("put_objects")
+        wallet_done = anyio.Event()
+
+        async def wallet_write() -> None:
+            await a.put(WALLET, [KeyValue(key="backup/chunk/0", version=0, value=b"a large piece")])
+            wallet_done.set()
+
+        tg.start_soon(wallet_write)
+        with anyio.fail_after(10):
+            await held.reached.wait()
+        with anyio.fail_after(10):
+            await a.put(KV, [item("_/_/k")])
+        assert "_/_/k" in server.values(keys().kv_store_id) and not wallet_done.is_set()
+        held.release()
+        with anyio.fail_after(10):
+            await wallet_done.wait()
+        assert "backup/chunk/0" in server.values(keys().wallet_store_id)
+        tg.cancel_scope.cancel()
+
+
+async def diverged_while_down(server: FakeVssServer, local_keys: Sequence[str]) -> GuardUnderTest:
+    """Node B takes the store over and writes `_/_/b0`, `_/_/b1` and `_/_/shared` (more
+    than one lost reply explains), its fence is then cleared; node A (which last saw
+    version 1 and holds `local_keys`) accepts divergences and could not reach the
+    server at unlock. Returns A, not started."""
+    b = GuardUnderTest(server.port(), "node-b")
+    await take_both(b)
+    async with anyio.create_task_group() as tg:
+        b.start(tg)
+        for key in ("b0", "b1", "shared"):
+            await b.put(KV, [item(f"_/_/{key}")])
+        tg.cancel_scope.cancel()
+    assert await clear_fence(b.port, keys().kv_store_id)
+    port = FakePort(server)
+    a = GuardUnderTest(port, "node-a", recorded={KV: 1, WALLET: 1}, accept_divergence=True, local_keys=local_keys)
+    port.down = True
+    with pytest.raises(VssUnavailableError):
+        await a.guard.acquire(KV)
+    port.down = False
+    return a
+
+
+async def owed_again(guard: GuardUnderTest) -> None:
+    with anyio.fail_after(10):
+        while guard.owe_all == 0 or guard.owe_wallet == 0:  # the stand-ins take them in their own time
+            await anyio.sleep(0.01)
+
+
+@pytest.mark.trio
+async def test_an_accepted_divergence_found_later_logs_the_key_counts(autojump_clock, caplog):
+    """Fault: the server was down at unlock, and the store another node wrote meanwhile
+    is found at the first write; the operator accepted divergences. Expected: as at
+    unlock, the log says how many keys only the server has and how many only this node
+    has, and everything local is owed again."""
+    server = FakeVssServer()
+    a = await diverged_while_down(server, ["shared", "a-only"])
+    async with anyio.create_task_group() as tg:
+        a.start(tg)
+        await a.put(KV, [item("_/_/a-only")])
+        await owed_again(a)
+        tg.cancel_scope.cancel()
+    assert "--vss-accept-divergence: the kv store's global_version is 4, but this node last saw 1" in caplog.text
+    assert "2 keys only on the server (left alone), 1 key only on this node" in caplog.text, caplog.text
+    assert fence_owner(server) == b"node-a" and a.events == []
+
+
+@pytest.mark.trio
+async def test_keys_that_cannot_be_counted_never_cost_the_resend(autojump_clock, caplog):
+    """Fault: as above, but listing the store to count the keys fails. Expected: the log
+    says the counts are unknown, and everything local is owed again all the same."""
+    server = FakeVssServer()
+    a = await diverged_while_down(server, ["a-only"])
+    a.port.fail_next("list_key_versions", VssUnavailableError("injected: the listing failed"))
+    async with anyio.create_task_group() as tg:
+        a.start(tg)
+        await a.put(KV, [item("_/_/a-only")])
+        await owed_again(a)
+        tg.cancel_scope.cancel()
+    assert "the keys on each side could not be counted (VssUnavailableError: injected: the listing failed)" in caplog.text
