@@ -66,7 +66,7 @@ class GuardUnderTest:
         async for message in inbox:
             if isinstance(message, RecordStoreVersion):
                 self.records.append((message.kind, message.version))
-                message.reply.set()
+                message.reply.set(None)
             elif isinstance(message, OweAll):
                 self.owe_all += 1
 
