@@ -288,7 +288,9 @@ class WalletKeeper:
         if stopped is not None:
             self._stopped = stopped
             self._publish(stopped=one_line(stopped), last_error=one_line(stopped))
-            self._answer(done.number, lambda reply: reply.fail(_stopped_error(stopped)))
+            for _, reply in self._waiters:  # later rounds never come: everyone waiting hears now
+                reply.fail(_stopped_error(stopped))
+            self._waiters = []
             return
         if done.error is not None:
             self._failures_in_a_row += 1

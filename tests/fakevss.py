@@ -30,7 +30,6 @@ from vss.errors import (
     InvalidRequestError,
     NoSuchKeyError,
     RequestTooLargeError,
-    VssError,
     VssUnavailableError,
 )
 from vss.proto.vss_pb2 import KeyValue, ListKeyVersionsResponse
@@ -130,14 +129,14 @@ class FakePort:
         self.call_times: dict[str, list[float]] = {}
         self._called: anyio.Event | None = None  # made by a waiter (an Event needs a running loop)
         self._pauses: dict[str, list[Pause]] = {}
-        self._failures: dict[str, list[VssError]] = {}
+        self._failures: dict[str, list[Exception]] = {}
 
     def pause_before(self, op: str) -> Pause:
         pause = Pause()
         self._pauses.setdefault(op, []).append(pause)
         return pause
 
-    def fail_next(self, op: str, exc: VssError) -> None:
+    def fail_next(self, op: str, exc: Exception) -> None:
         self._failures.setdefault(op, []).append(exc)
 
     async def wait_calls(self, op: str, count: int) -> None:

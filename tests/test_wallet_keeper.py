@@ -184,6 +184,28 @@ async def test_owe_wallet_uploads_a_clean_wallet_again(clock, tmp_path):
 
 
 @pytest.mark.trio
+async def test_backup_now_waiting_on_an_upload_that_finds_the_fence_lost_is_answered(clock, tmp_path):
+    """Fault: BackupNow arrives while an upload is in flight, and that upload finds the
+    store taken over. Expected: the request fails with OwnershipLost at once (no later
+    upload will ever come to answer it), rather than waiting until the node is locked."""
+    rig = WalletRig(tmp_path)
+    in_flight = rig.port.pause_before("put_objects")
+    rig.port.fail_next("put_objects", FenceLost("injected: taken over"))
+    with anyio.fail_after(3600):
+        async with anyio.create_task_group() as tg:
+            rig.start(tg)
+            await rig.change("a.txt", b"v")
+            await in_flight.reached.wait()
+            request = BackupNow()
+            await rig.inbox.send(request)  # taken before the upload's UploadDone: it needs the next round
+            in_flight.release()
+            with pytest.raises(errors.OwnershipLost):
+                await request.reply.wait()
+            tg.cancel_scope.cancel()
+    assert rig.keeper.status.stopped is not None and len(rig.uploads()) == 1
+
+
+@pytest.mark.trio
 async def test_after_the_fence_is_lost_nothing_more_is_uploaded(clock, tmp_path):
     """Fault: another node takes the store over after a first upload. Expected: the next
     upload is refused by the guard and the keeper stops: later changes are still
