@@ -205,7 +205,7 @@ RetryMessage = Deferred | Succeeded | Rescan | ReplicationStopped
 class FencedPut:
     """replicator or wallet uploader → guard: one putObjects on `kind`'s store under
     the fence. Answered with the store's global version after it, or failed with
-    FenceLost, StoreDivergedError or the VssError the server answered."""
+    FenceLost, DivergenceFound or the VssError the server answered."""
 
     kind: StoreKind
     items: Sequence[KeyValue]
@@ -256,7 +256,7 @@ class UploadDone:
     seq: int
     version: int | None = None
     error: str | None = None
-    stopped: BaseException | None = None  # FenceLost or StoreDivergedError
+    stopped: BaseException | None = None  # FenceLost or DivergenceFound
 
 
 @dataclass

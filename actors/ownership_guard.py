@@ -48,7 +48,7 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Protocol
 
 import anyio
@@ -83,11 +83,14 @@ RECORD_SETTING = {StoreKind.KV: settings.KV_STORE_VERSION, StoreKind.WALLET: set
 
 
 class FenceLost(Exception):
-    """Another node took the store over; this one must stop writing."""
+    """Another node took the store over; this one must stop writing. The guard's
+    finding; callers see errors.OwnershipLost and the node turns fenced."""
 
 
-class StoreDivergedError(Exception):
-    """The store was written by another node since this one last saw it."""
+class DivergenceFound(Exception):
+    """The store was written by another node since this one last saw it: the guard's
+    finding, which unlock turns into the API's StoreDiverged (with key counts) and a
+    running node into its diverged state."""
 
     def __init__(self, divergence: Divergence) -> None:
         super().__init__(divergence.describe())
@@ -115,14 +118,6 @@ class Acquired:
     token: int  # the store's global version after the acquire: the next write's token
     emptied: bool  # the store was empty (global version 0, no fence)
     divergence: Divergence | None  # set only when the operator accepted it
-
-
-@dataclass(frozen=True)
-class GuardStatus:
-    """What the guard last saw; replaced whole, never mutated, so readers are safe.
-    (Fenced and diverged are the node's states: the guard reports them once.)"""
-
-    store_resets: int = 0  # emptied stores found and refilled this session
 
 
 class LocalKeys(Protocol):
@@ -254,14 +249,13 @@ class OwnershipGuard:
             StoreKind.WALLET: _Fence(StoreKind.WALLET, keys.wallet_store_id, recorded.get(StoreKind.WALLET)),
         }
         self._acquiring = anyio.Lock()
-        self._stopped: BaseException | None = None  # FenceLost or StoreDivergedError, for good
-        self.status = GuardStatus()
+        self._stopped: BaseException | None = None  # FenceLost or DivergenceFound, for good
 
     # -- acquiring ---------------------------------------------------------------------------
 
     async def acquire(self, kind: StoreKind) -> Acquired:
         """Take one store (the KV store first: its fence is the authority). Raises
-        OwnershipConflict, StoreDivergedError (not accepted), or a VssError."""
+        OwnershipConflict, DivergenceFound (not accepted), or a VssError."""
         async with self._acquiring:
             return await self._take(kind)
 
@@ -287,7 +281,7 @@ class OwnershipGuard:
             emptied = version == 0 and owner is None
             divergence = None if emptied or owner == self._me else self._divergence(fence, version)
             if divergence is not None and not self._accept_divergence:
-                raise StoreDivergedError(divergence)
+                raise DivergenceFound(divergence)
             # KV: create the fence. Wallet: write our copy over whatever is there. Either
             # way conditional on the token, which the write moves.
             item = KeyValue(key=FENCE_KEY, version=fence_version if owner is not None else 0, value=self._me.encode())
@@ -336,7 +330,7 @@ class OwnershipGuard:
                     continue
                 try:
                     put.reply.set(await self._fenced_put(fence, put.items, put.deletes))
-                except (FenceLost, StoreDivergedError) as exc:
+                except (FenceLost, DivergenceFound) as exc:
                     self._stop(exc)
                     put.reply.fail(exc)
                 except Exception as exc:  # a VssError: the sender decides what it means
@@ -412,7 +406,6 @@ class OwnershipGuard:
         except errors.OwnershipConflict as exc:  # another node took the empty store first
             raise FenceLost(str(exc)) from None
         await self._record(fence)
-        self.status = replace(self.status, store_resets=self.status.store_resets + 1)
         self._metrics.store_resets.inc()
         if fence.kind is StoreKind.KV:
             await self._writer.send(OweAll())

@@ -52,7 +52,7 @@ from actors.messages import (
     WriterMessage,
 )
 from actors.metrics import NodeMetrics
-from actors.ownership_guard import FenceLost, StoreDivergedError
+from actors.ownership_guard import DivergenceFound, FenceLost
 from node import crypto, errors, kv_keys
 from node.store import LocalStore, Owed, Triple
 from node.wording import counted
@@ -210,7 +210,7 @@ class Replicator:
             except VssError as exc:
                 await self._on_failure(exc, [o.triple for b in batches[position:] for o in b])
                 return
-            except (FenceLost, StoreDivergedError) as exc:
+            except (FenceLost, DivergenceFound) as exc:
                 await self._stop(exc)
                 return
 

@@ -35,7 +35,7 @@ from actors.messages import (
     WriterMessage,
 )
 from actors.metrics import NodeMetrics
-from actors.ownership_guard import GuardStatus, OwnershipGuard, StoreEvent, load_or_create_instance_id, recorded_versions
+from actors.ownership_guard import OwnershipGuard, StoreEvent, load_or_create_instance_id, recorded_versions
 from actors.replicator import ReplicationStatus, Replicator
 from actors.restorer import RestoreStatus
 from actors.retry_queue import RetryQueue
@@ -66,7 +66,6 @@ class SessionStatus:
 
     replication: ReplicationStatus | None
     wallet: WalletStatus
-    guard: GuardStatus | None
     audit: AuditStatus | None
 
 
@@ -201,7 +200,6 @@ class Session:
         return SessionStatus(
             replication=self._vss.replicator.status if self._vss else None,
             wallet=self.wallet.status,
-            guard=self._vss.guard.status if self._vss else None,
             audit=self._vss.auditor.status if self._vss else None,
         )
 

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import anyio
 
 from actors.messages import RemoteSeen, StoreKind
-from actors.ownership_guard import RECORD_SETTING, OwnershipGuard, StoreDivergedError, key_counts, log_accepted
+from actors.ownership_guard import RECORD_SETTING, DivergenceFound, OwnershipGuard, key_counts, log_accepted
 from actors.restorer import RestoreStatus, restore_kv
 from actors.vss_port import VssPort
 from actors.wallet_restorer import WalletStage, allowed_failure, install_wallet, stage_wallet
@@ -121,7 +121,7 @@ async def _take_stores(store: LocalStore, port: VssPort, keys: NodeKeys, guard: 
             if not situation.needs_restore:
                 log.warning("VSS unreachable at unlock (%s); local writes are kept and sent once it is back", exc)
             return False
-        except StoreDivergedError as exc:
+        except DivergenceFound as exc:
             raise await _diverged(store, port, keys, exc) from None
         store.set_settings({RECORD_SETTING[kind]: str(acquired.token).encode()})
         if acquired.divergence is not None:
@@ -138,7 +138,7 @@ async def _take_stores(store: LocalStore, port: VssPort, keys: NodeKeys, guard: 
     return True
 
 
-async def _diverged(store: LocalStore, port: VssPort, keys: NodeKeys, exc: StoreDivergedError) -> errors.StoreDiverged:
+async def _diverged(store: LocalStore, port: VssPort, keys: NodeKeys, exc: DivergenceFound) -> errors.StoreDiverged:
     only_server, only_node = await key_counts(store, port, keys.kv_store_id)
     gap = exc.divergence.found - exc.divergence.recorded
     return errors.StoreDiverged(

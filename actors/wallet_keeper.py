@@ -42,7 +42,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from actors.messages import BackupNow, CheckRemote, OweWallet, RemoteSeen, Reply, UploadDone, WalletChange, WalletMessage
 from actors.metrics import NodeMetrics
-from actors.ownership_guard import FenceLost, StoreDivergedError
+from actors.ownership_guard import DivergenceFound, FenceLost
 from actors.vss_port import VssPort
 from actors.wallet_upload import WalletUploader
 from node import errors, wallet_files
@@ -272,7 +272,7 @@ class WalletKeeper:
         assert self._uploader is not None
         try:
             done = UploadDone(number, seq, version=await self._uploader.upload(backup))
-        except (FenceLost, StoreDivergedError) as exc:
+        except (FenceLost, DivergenceFound) as exc:
             done = UploadDone(number, seq, stopped=exc)
         except Exception as exc:
             if not isinstance(exc, (VssError, OSError)):

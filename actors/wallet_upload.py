@@ -56,7 +56,7 @@ class WalletUploader:
     async def upload(self, backup: WalletBackup) -> int:
         """Put `backup` on the server; returns the manifest's version afterwards.
 
-        Raises FenceLost or StoreDivergedError (the guard stopped the stream),
+        Raises FenceLost or DivergenceFound (the guard stopped the stream),
         ConflictError (a concurrent writer, twice in a row), another VssError, or
         OSError reading the backup.
         """

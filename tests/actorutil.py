@@ -199,7 +199,7 @@ class GuardPut:
 class StubGuard:
     """Serves FencedPuts on the fake server, one at a time, like the real guard's worker.
 
-    `lose(exc)`: from now on every put fails with `exc` (FenceLost, StoreDivergedError),
+    `lose(exc)`: from now on every put fails with `exc` (FenceLost, DivergenceFound),
     as the real guard does once stopped. `before_put(put)` runs as each put arrives.
     """
 

@@ -13,7 +13,7 @@ import anyio
 import pytest
 
 from actors.messages import StoreKind
-from actors.ownership_guard import FENCE_KEY, FenceLost, StoreDivergedError, clear_fence
+from actors.ownership_guard import FENCE_KEY, DivergenceFound, FenceLost, clear_fence
 from fakevss import FakePort, FakeVssServer
 from guardutil import GuardUnderTest, item, keys
 from node import errors
@@ -131,7 +131,7 @@ async def test_a_wiped_server_is_taken_again_and_everything_owed(autojump_clock)
         assert token == 2  # acquire (0 -> 1) and this write (1 -> 2) on the new store
         assert fence_owner(server) == b"node-a" and "_/_/k2" in server.values(keys().kv_store_id)
         assert a.owe_all == 1 and a.owe_wallet == 1 and a.events == []
-        assert a.guard.status.store_resets == 2 and a.metrics.value("store_resets_total") == 2
+        assert a.metrics.value("store_resets_total") == 2
         assert server.values(keys().wallet_store_id)[FENCE_KEY] == b"node-a"
         assert (KV, 1) in a.records  # the re-acquire is recorded before the write goes (the write's own: ClearMarkers)
         tg.cancel_scope.cancel()
@@ -165,7 +165,7 @@ async def test_a_reply_lost_after_its_commit_is_adopted_not_taken_for_a_takeover
 @pytest.mark.trio
 async def test_a_store_written_by_another_node_is_refused_at_acquire(autojump_clock):
     """Fault: node A last saw global version 1; meanwhile node B took over, wrote, and
-    someone cleared B's fence. Expected: A's acquire refuses (StoreDivergedError) and
+    someone cleared B's fence. Expected: A's acquire refuses (DivergenceFound) and
     writes no fence; with the divergence accepted it acquires and says so."""
     server = FakeVssServer()
     b = GuardUnderTest(server.port(), "node-b")
@@ -177,7 +177,7 @@ async def test_a_store_written_by_another_node_is_refused_at_acquire(autojump_cl
         tg.cancel_scope.cancel()
     assert await clear_fence(b.port, keys().kv_store_id)
     stale = GuardUnderTest(server.port(), "node-a", recorded={KV: 1, WALLET: 1})
-    with pytest.raises(StoreDivergedError) as refused:
+    with pytest.raises(DivergenceFound) as refused:
         await stale.guard.acquire(KV)
     assert refused.value.divergence.recorded == 1 and refused.value.divergence.found == 4
     assert fence_owner(server) is None
@@ -251,11 +251,11 @@ async def test_a_divergence_found_later_stops_both_streams(autojump_clock):
     a = GuardUnderTest(server.port(), "node-a", recorded={KV: 1, WALLET: 1})
     async with anyio.create_task_group() as tg:
         a.start(tg)
-        with pytest.raises(StoreDivergedError):
+        with pytest.raises(DivergenceFound):
             await a.put(KV, [item("_/_/a")])
-        with pytest.raises(StoreDivergedError):
+        with pytest.raises(DivergenceFound):
             await a.put(WALLET, [item("backup/x")])
-        assert [type(e.reason) for e in a.events] == [StoreDivergedError]
+        assert [type(e.reason) for e in a.events] == [DivergenceFound]
         assert fence_owner(server) is None and "_/_/a" not in server.values(keys().kv_store_id)
         tg.cancel_scope.cancel()
 
@@ -277,7 +277,7 @@ async def test_a_wipe_found_by_the_wallet_stream_refills_the_kv_store_too(autoju
         with anyio.fail_after(10):
             while a.owe_all == 0:  # the stand-in writer takes it in its own time
                 await anyio.sleep(0.01)
-        assert a.owe_all == 1 and a.owe_wallet == 1 and a.guard.status.store_resets == 2
+        assert a.owe_all == 1 and a.owe_wallet == 1 and a.metrics.value("store_resets_total") == 2
         assert fence_owner(server) == b"node-a"
         await a.put(KV, [item("_/_/k")])  # and the KV stream writes on with its new token
         tg.cancel_scope.cancel()
@@ -300,7 +300,7 @@ async def test_a_store_below_the_record_but_above_0_has_diverged(autojump_clock,
     server = FakeVssServer()
     store_at(server, keys().kv_store_id, found)
     a = GuardUnderTest(server.port(), "node-a", recorded={KV: 5, WALLET: 1})
-    with pytest.raises(StoreDivergedError) as refused:
+    with pytest.raises(DivergenceFound) as refused:
         await a.guard.acquire(KV)
     assert (refused.value.divergence.recorded, refused.value.divergence.found) == (5, found)
     assert fence_owner(server) is None and server.store(keys().kv_store_id).global_version == found
