@@ -4,6 +4,7 @@ and the exit codes each promises (0 done, 1 a run-time failure or a difference f
 
 from __future__ import annotations
 
+import re
 import socket
 import time
 
@@ -132,6 +133,23 @@ def test_a_remote_durability_write_through_the_process_while_the_server_is_down(
         assert httpx.post(f"{plain.url}/unlock", json={"password": "pw"}, timeout=60).status_code == 200
         off = httpx.put(f"{plain.url}/kv/k?durability=remote", content=b"v")
         assert off.status_code == 400 and off.json()["name"] == "VssNotEnabled"
+
+
+def test_an_unlock_at_a_wrong_base_path_names_the_path(tmp_path, vss_server):
+    """Fault: --vss-url ends in /vss (so it passes the start-up check) but is not where
+    the server serves VSS. Expected: the unlock that needs a restore is refused with the
+    server's answer naming the path it got and a hint at the base URL, not "could not
+    be reached"; the log says the same."""
+    wrong = vss_server.url.removesuffix("/vss") + "/foo/vss"
+    with running_node(tmp_path / "n", "--vss-url", wrong) as node:
+        assert httpx.post(f"{node.url}/init", json={"password": "pw", "mnemonic": generate_mnemonic()}).status_code == 200
+        answer = httpx.post(f"{node.url}/unlock", json={"password": "pw"}, timeout=60)
+        assert answer.status_code == 502 and answer.json()["name"] == "RestoreFailed", answer.text
+        error = answer.json()["error"]
+        assert re.search(r"POST /foo/vss/\w+ is not a VSS call", error) and "is the base URL right?" in error, error
+        assert "could not be reached" not in error
+        logged = [line for line in node.log_text().splitlines() if "unlock failed" in line]
+        assert len(logged) == 1 and "/foo/vss/" in logged[0] and "is the base URL right?" in logged[0], logged
 
 
 def test_run_time_and_configuration_failures_of_vssnode_run(tmp_path):

@@ -9,6 +9,7 @@ server, and verification finding what the server got wrong.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -29,7 +30,7 @@ from node.mnemonic_vault import FAST_LIMITS
 from node.store import Triple
 from node.wallet_format import MANIFEST_KEY
 from nodeutil import wait_for
-from vss.errors import VssUnavailableError
+from vss.errors import InvalidRequestError, VssUnavailableError
 from vss.proto.vss_pb2 import KeyValue
 
 pytestmark = pytest.mark.trio
@@ -406,3 +407,29 @@ async def test_an_actor_that_fails_locks_the_node_which_can_be_unlocked_again(tm
         await node.unlock(PASSWORD)
         await wait_for(lambda: settled(node), what="the kept write sent after the new unlock")
         assert server_kv(server, keys) == {("ns", "", "k"): b"kept"}
+
+
+async def test_every_refused_unlock_is_logged_with_its_reason(tmp_path, caplog):
+    """Each way an unlock is refused (not initialised, a wrong password, a server that
+    answers at a path that is not VSS, a node already running) is logged once, with its
+    reason; the refused restore names the path and hints at the base URL."""
+    caplog.set_level(logging.WARNING, logger="actors.node")
+    server = FakeVssServer()
+    port = FakePort(server)
+    async with node_on(server, tmp_path / "a", port=port) as node:
+        with pytest.raises(errors.NotInitialized):
+            await node.unlock(PASSWORD)
+        await node.init(PASSWORD, generate_mnemonic())
+        with pytest.raises(errors.WrongPassword):
+            await node.unlock("not the password")
+        port.fail_next("get_global_version", InvalidRequestError("POST /foo/vss/listKeyVersions is not a VSS call"))
+        with pytest.raises(errors.RestoreFailed):
+            await node.unlock(PASSWORD)
+        await node.unlock(PASSWORD)
+        with pytest.raises(errors.NodeNotLocked):
+            await node.unlock(PASSWORD)
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("unlock failed")]
+    assert len(lines) == 4, lines
+    assert "NotInitialized" in lines[0] and "WrongPassword" in lines[1] and "NodeNotLocked" in lines[3]
+    assert "RestoreFailed" in lines[2] and "/foo/vss/listKeyVersions is not a VSS call" in lines[2]
+    assert "is the base URL right?" in lines[2]
