@@ -161,7 +161,9 @@ def test_run_time_and_configuration_failures_of_vssnode_run(tmp_path):
         port = holder.getsockname()[1]
         taken = vssnode("run", str(tmp_path / "a"), "--listen", f"127.0.0.1:{port}")
     assert taken.returncode == 1, taken.stderr
-    assert len(taken.stderr.strip().splitlines()) == 1 and "Traceback" not in taken.stderr
+    lines = taken.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in taken.stderr, taken.stderr
+    assert lines[0].startswith(f"vssnode: cannot listen on 127.0.0.1:{port}: ") and "--listen" in lines[0], lines
     with running_node(tmp_path / "b", "--network", "signet") as node:
         assert httpx.post(f"{node.url}/init", json={"password": "pw", "mnemonic": generate_mnemonic()}).status_code == 200
     other = vssnode("run", str(tmp_path / "b"), "--network", "mainnet", "--listen", f"127.0.0.1:{free_loopback_port()}")
