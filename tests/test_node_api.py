@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
+import anyio
 import pytest
 
+from fakevss import FakePort, FakeVssServer
 from node.config import NodeConfig
 from node.mnemonic_vault import FAST_LIMITS
 from nodeutil import MNEMONIC_A
@@ -234,3 +237,31 @@ async def test_the_documented_info_fields_are_the_fields_the_node_gives(tmp_path
     assert set(info) == set(schemas["NodeInfo"]["properties"])
     assert set(info["restore"]) == set(schemas["NodeInfo"]["properties"]["restore"]["properties"])
     assert set(backup) == set(schemas["BackupInfo"]["properties"]) == set(schemas["BackupInfo"]["required"])
+
+
+async def test_a_second_verify_while_one_runs_is_409_and_the_first_completes(tmp_path):
+    """One verify at a time: while the first is held at its first read of the server
+    (the listing), a second POST /vssverify answers 409 VerifyInProgress at once; the
+    first then completes, and a verify after it runs again."""
+    port = FakePort(FakeVssServer())
+    config = NodeConfig(data_dir=tmp_path / "node", vault_limits=FAST_LIMITS, vss_url="https://vss.invalid/vss",
+                        vss_verify_interval_s=0)
+    app = create_app(config, vss_port=lambda keys: port)
+    async with app.test_app() as test_app:
+        client = test_app.test_client()
+        await unlocked(client)
+        assert (await client.put("/kv/k", data=b"v")).status_code == 204
+        held = port.pause_before("list_key_versions")
+        first: list[Any] = []
+
+        async def first_verify() -> None:
+            first.append(await client.post("/vssverify"))
+
+        with anyio.fail_after(10):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(first_verify)
+                await held.reached.wait()
+                await assert_error(await client.post("/vssverify"), 409, "VerifyInProgress")
+                held.release()
+        assert first[0].status_code == 200, await first[0].get_data()
+        assert (await client.post("/vssverify")).status_code == 200
