@@ -4,6 +4,7 @@ and the exit codes each promises (0 done, 1 a run-time failure or a difference f
 
 from __future__ import annotations
 
+import os
 import re
 import socket
 import time
@@ -12,6 +13,7 @@ import anyio
 import httpx
 
 from conftest import free_loopback_port
+from node import config as node_config
 from node import crypto
 from node.keys import derive_keys, generate_mnemonic
 from noderun import running_node, vssnode
@@ -45,12 +47,14 @@ def test_status_and_verify_against_a_running_node(tmp_path, vss_server):
         _unlock(node.url, mnemonic)
         for i in range(5):
             assert httpx.put(f"{node.url}/kv/k{i}?primary=ns", content=b"v%d" % i).status_code == 204
-        assert httpx.post(f"{node.url}/vssbackup", timeout=60).status_code == 200
+        backup = httpx.post(f"{node.url}/vssbackup", timeout=60)
+        assert backup.status_code == 200
         _settle(node.url)
         status = vssnode("status", "--node", node.url)
         assert status.returncode == 0, status.stderr
-        assert "state        running" in status.stdout and "pending      0 keys" in status.stdout
-        assert "restorable" in status.stdout
+        lines = status.stdout.splitlines()
+        assert "state        running (network regtest)" in lines and "pending      0 keys" in lines, lines
+        assert f"wallet       version {backup.json()['version']}, restorable" in lines, lines
         verify = vssnode("verify", "--node", node.url)
         assert verify.returncode == 0, verify.stdout + verify.stderr
         assert "0 missing on the server" in verify.stdout and "0 different" in verify.stdout
@@ -63,6 +67,50 @@ def test_status_and_verify_against_a_running_node(tmp_path, vss_server):
         anyio.run(tamper)
         verify = vssnode("verify", "--node", node.url)
         assert verify.returncode == 1 and "1 different" in verify.stdout, verify.stdout + verify.stderr
+
+
+def test_status_and_verify_take_the_api_token_from_a_file_or_the_environment(tmp_path, vss_server, monkeypatch):
+    """Against a node that wants an API token: status and verify send the one in
+    --api-token-file, or else VSSNODE_API_TOKEN, and work; without one, or with a wrong
+    one, the node refuses them (status 1, verify 2, one line); a token file that cannot
+    be read is configuration (2) for both."""
+    monkeypatch.delenv("VSSNODE_API_TOKEN", raising=False)
+    token = "t0ken-" + os.urandom(8).hex()
+    token_file = tmp_path / "token"
+    token_file.write_text(token + "\n")
+    auth = {"Authorization": f"Bearer {token}"}
+    with running_node(tmp_path / "n", "--vss-url", vss_server.url, "--api-token-file", str(token_file),
+                      token=token) as node:
+        init = httpx.post(f"{node.url}/init", json={"password": "pw", "mnemonic": generate_mnemonic()}, headers=auth)
+        assert init.status_code == 200
+        assert httpx.post(f"{node.url}/unlock", json={"password": "pw"}, headers=auth, timeout=60).status_code == 200
+        for how in ({"args": ("--api-token-file", str(token_file))}, {"env": {"VSSNODE_API_TOKEN": token}}):
+            args, env = how.get("args", ()), how.get("env")
+            status = vssnode("status", "--node", node.url, *args, env=env)
+            assert status.returncode == 0 and status.stdout.startswith("state        running"), (how, status)
+            verify = vssnode("verify", "--node", node.url, *args, env=env)
+            assert verify.returncode == 0 and "0 different" in verify.stdout, (how, verify)
+        for env in (None, {"VSSNODE_API_TOKEN": "not-the-token"}):
+            status = vssnode("status", "--node", node.url, env=env)
+            assert status.returncode == 1 and status.stdout == "", (env, status)
+            assert status.stderr.strip() == "vssnode status: missing or wrong API token (Authorization: Bearer ...)"
+            verify = vssnode("verify", "--node", node.url, env=env)
+            assert verify.returncode == 2 and verify.stdout == "", (env, verify)
+            assert verify.stderr.strip() == "vssnode verify: missing or wrong API token (Authorization: Bearer ...)"
+        for command in ("status", "verify"):
+            unreadable = vssnode(command, "--node", node.url, "--api-token-file", str(tmp_path / "absent"))
+            assert unreadable.returncode == 2 and "cannot read the API token file" in unreadable.stderr, unreadable
+
+
+def test_run_help_says_the_node_starts_locked_what_to_call_next_and_every_variable():
+    result = vssnode("run", "--help")
+    assert result.returncode == 0, result.stderr
+    text = " ".join(result.stdout.split())  # argparse wraps lines
+    assert "The node starts locked." in text and "POST localhost:3001/init" in text, text
+    assert "POST localhost:3001/unlock" in text and "Content-Type: application/json" in text, text
+    for env in ("VSSNODE_DATA_DIR", "VSSNODE_API_TOKEN", *(option.env for option in node_config.OPTIONS)):
+        assert env in text, env
+    assert "--vss-url URL" in text and "--vss-ca-file PEM" in text, text  # placeholders named
 
 
 def test_status_and_verify_when_they_cannot_run(tmp_path):
