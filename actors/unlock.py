@@ -39,8 +39,8 @@ from node.keys import NodeKeys
 from node.store import LocalStore, Triple
 from node.wallet_files import WalletHome
 from node.wallet_format import MANIFEST_KEY
-from node.wording import counted
 from vss.errors import AuthError, InvalidRequestError, NoSuchKeyError, VssError, VssUnavailableError, one_line
+from vss.wording import counted
 
 log = logging.getLogger(__name__)
 

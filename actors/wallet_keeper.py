@@ -51,9 +51,9 @@ from node.keys import NodeKeys
 from node.wallet_archive import WalletBackup, build_backup
 from node.wallet_files import BACKUP_REQUIRED, REMOTE_UNREADABLE, WalletHome
 from node.wallet_format import MANIFEST_KEY
-from node.wording import counted
 from vss.backoff import Backoff
 from vss.errors import NoSuchKeyError, VssError, one_line
+from vss.wording import counted
 
 log = logging.getLogger(__name__)
 

@@ -26,7 +26,7 @@ from typing import Any
 import httpx
 
 from node import config as node_config
-from node.wording import counted
+from vss.wording import counted
 from vssnode.console import add_log_level, fail, setup_logging
 
 DEFAULT_NODE = "http://127.0.0.1:3001"
