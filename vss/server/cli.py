@@ -123,14 +123,17 @@ def main(argv: list[str] | None = None) -> int:
     return run(parser.parse_args(argv))
 
 
-def app_from_env(environ: Mapping[str, str] | None = None) -> VssApp:
+def app_from_env(environ: Mapping[str, str] | None = None, *, warn: bool = True) -> VssApp:
     """The app configured by VSS_SERVER_DB, VSS_SERVER_AUTH, VSS_SERVER_JWT_PUBLIC_KEY,
-    VSS_SERVER_MAX_BODY_BYTES and VSS_SERVER_ALLOW_UNAUTHENTICATED.
+    VSS_SERVER_MAX_BODY_BYTES and VSS_SERVER_ALLOW_UNAUTHENTICATED, logging at
+    VSS_SERVER_LOG_LEVEL; `warn`: print the warning of `--auth none` (a worker leaves
+    it to the parent, which printed it once).
 
     Raises ValueError (ConfigError) naming the variable that is wrong.
     """
     settings = Settings.from_env(os.environ if environ is None else environ)
-    if settings.auth == "none":
+    configure_logging(settings.log_level)
+    if warn and settings.auth == "none":
         print(NO_AUTH_WARNING, file=sys.stderr, flush=True)
     return settings.build_app()
 
