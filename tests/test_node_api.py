@@ -4,6 +4,7 @@ shapes, and bad input that must change nothing."""
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -265,3 +266,18 @@ async def test_a_second_verify_while_one_runs_is_409_and_the_first_completes(tmp
                 held.release()
         assert first[0].status_code == 200, await first[0].get_data()
         assert (await client.post("/vssverify")).status_code == 200
+
+
+async def test_every_refused_unlock_is_logged_with_its_reason(tmp_path, caplog):
+    """A body that is not JSON, a missing password, a wrong password: each refused
+    unlock is one "unlock failed" line saying why."""
+    caplog.set_level(logging.WARNING)
+    app = make_app(tmp_path)
+    async with app.test_app() as test_app:
+        client = test_app.test_client()
+        assert (await client.post("/init", json={"password": "pw", "mnemonic": MNEMONIC_A})).status_code == 200
+        await assert_error(await client.post("/unlock", data=b'{"password": "pw"}'), 415, "UnsupportedMediaType")
+        await assert_error(await client.post("/unlock", json={}), 400, "InvalidRequest")
+        await assert_error(await client.post("/unlock", json={"password": "wrong"}), 401, "WrongPassword")
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("unlock failed: ")]
+    assert [line.split(":")[1].strip() for line in lines] == ["UnsupportedMediaType", "InvalidRequest", "WrongPassword"]
