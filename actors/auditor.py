@@ -40,8 +40,8 @@ from node.durable import make_private_dirs
 from node.keys import NodeKeys
 from node.store import LocalStore, Triple
 from node.wallet_files import WalletHome
-from node.wording import counted
 from vss.errors import NoSuchKeyError, VssError, one_line
+from vss.wording import counted
 
 log = logging.getLogger(__name__)
 

@@ -41,7 +41,7 @@ from actors.metrics import NodeMetrics
 from actors.ownership_guard import RECORD_SETTING
 from node.errors import NodeLocked
 from node.store import LocalStore, Triple
-from node.wording import counted
+from vss.wording import counted
 
 log = logging.getLogger(__name__)
 

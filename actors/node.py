@@ -208,14 +208,17 @@ class Node:
         was made live.
         """
         async with self._lifecycle:
-            self._require(NodeState.LOCKED)
-            keys = await self._keys_from_password(password)
-            assert self._tg is not None, "the node is not running: use Node.open()"
-            self._state = NodeState.UNLOCKING
-            try:
-                self._session = await self._tg.start(self._run_session, keys)
+            try:  # every refusal is logged with its reason, the wrong password as much as a failed restore
+                self._require(NodeState.LOCKED)
+                keys = await self._keys_from_password(password)
+                assert self._tg is not None, "the node is not running: use Node.open()"
+                self._state = NodeState.UNLOCKING
+                try:
+                    self._session = await self._tg.start(self._run_session, keys)
+                except BaseException:
+                    self._state = NodeState.LOCKED
+                    raise
             except BaseException as exc:
-                self._state = NodeState.LOCKED
                 log.warning("unlock failed: %s", one_line(exc))
                 raise
             self._state = NodeState.RUNNING

@@ -69,9 +69,9 @@ from actors.vss_port import VssPort
 from node import errors, kv_keys, settings
 from node.keys import NodeKeys
 from node.store import LocalStore, Triple
-from node.wording import counted
 from vss.errors import ConflictError, NoSuchKeyError, VssError, one_line
 from vss.proto.vss_pb2 import KeyValue
+from vss.wording import counted
 
 log = logging.getLogger(__name__)
 

@@ -55,9 +55,9 @@ from actors.metrics import NodeMetrics
 from actors.ownership_guard import DivergenceFound, FenceLost
 from node import crypto, errors, kv_keys
 from node.store import LocalStore, Owed, Triple
-from node.wording import counted
 from vss.errors import InvalidRequestError, RequestTooLargeError, VssError, one_line
 from vss.proto.vss_pb2 import KeyValue
+from vss.wording import counted
 
 log = logging.getLogger(__name__)
 

@@ -37,9 +37,9 @@ from actors.vss_port import VssPort
 from node import crypto, errors, kv_keys
 from node.keys import NodeKeys
 from node.store import LocalStore, Triple
-from node.wording import counted
 from vss.backoff import Backoff
 from vss.errors import NoSuchKeyError, VssError
+from vss.wording import counted
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -26,8 +26,8 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from actors.messages import Deferred, ReplicationStopped, ReplicatorMessage, Rescan, RetryBatch, RetryMessage, Succeeded
 from actors.metrics import NodeMetrics
 from node.store import LocalStore, Triple
-from node.wording import counted
 from vss.backoff import Backoff
+from vss.wording import counted
 
 log = logging.getLogger(__name__)
 

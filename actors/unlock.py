@@ -15,7 +15,9 @@
 A server that cannot be reached only fails the unlock when a restore is needed
 (`--vss-allow-empty-restore` turns that into a loud empty start); otherwise the node
 comes up and the guard takes the stores, with the same checks, once the server is back.
-Every refusal leaves the node as it was.
+Either way the refusal and the log say why, with the error's own line (`why_unanswered`):
+a wrong base path or an untrusted certificate is named as such, not "could not be
+reached". Every refusal leaves the node as it was.
 """
 
 from __future__ import annotations
@@ -37,8 +39,8 @@ from node.keys import NodeKeys
 from node.store import LocalStore
 from node.wallet_files import WalletHome
 from node.wallet_format import MANIFEST_KEY
-from node.wording import counted
-from vss.errors import NoSuchKeyError, VssError
+from vss.errors import AuthError, InvalidRequestError, NoSuchKeyError, VssError, VssUnavailableError, one_line
+from vss.wording import counted
 
 log = logging.getLogger(__name__)
 
@@ -80,16 +82,16 @@ async def prepare(
         has_state=await anyio.to_thread.run_sync(store.has_state),
         wallet_present=home.exists(),
     )
-    reachable = await _take_stores(store, port, keys, guard, situation)
+    unanswered = await _take_stores(store, port, keys, guard, situation)
     if situation.has_state and (situation.owe_kv or not situation.kv_known):
         first = await anyio.to_thread.run_sync(store.next_seq)
         owed = await anyio.to_thread.run_sync(store.mark_all_unsynced, first)
         store.set_settings({settings.KV_SYNCED_URL: url})
         log.info("%s owed to the VSS server", counted(owed, "local key"))
-    stage = await _stage_wallet(port if reachable else None, keys, home, config, situation)
+    stage = await _stage_wallet(port, unanswered, keys, home, config, situation)
     if situation.needs_restore:
-        if not reachable:
-            _restore_failed(store, config, "the VSS server could not be reached")
+        if unanswered is not None:
+            _restore_failed(store, config, why_unanswered(unanswered))
         else:
             try:
                 await restore_kv(port, keys, store, publish_restore, {settings.KV_SYNCED_URL: url})
@@ -99,7 +101,7 @@ async def prepare(
     await install_wallet(stage, home, owed_to_server=owed_wallet)
     if not situation.wallet_known:
         store.set_settings({settings.WALLET_SYNCED_URL: url})
-    return await _wallet_seen(port, keys) if reachable else None
+    return await _wallet_seen(port, keys) if unanswered is None else None
 
 
 async def _wallet_seen(port: VssPort, keys: NodeKeys) -> RemoteSeen | None:
@@ -112,15 +114,18 @@ async def _wallet_seen(port: VssPort, keys: NodeKeys) -> RemoteSeen | None:
         return None
 
 
-async def _take_stores(store: LocalStore, port: VssPort, keys: NodeKeys, guard: OwnershipGuard, situation: _Situation) -> bool:
-    """Step 1, and what step 2 owes because of it. Returns whether the server answered."""
+async def _take_stores(
+    store: LocalStore, port: VssPort, keys: NodeKeys, guard: OwnershipGuard, situation: _Situation
+) -> VssError | None:
+    """Step 1, and what step 2 owes because of it. Returns None when the server answered,
+    else the error that says why it could not be used."""
     for kind in (StoreKind.KV, StoreKind.WALLET):
         try:
             acquired = await guard.acquire(kind)
         except VssError as exc:
             if not situation.needs_restore:
-                log.warning("VSS unreachable at unlock (%s); local writes are kept and sent once it is back", exc)
-            return False
+                log.warning("%s at unlock; local writes are kept and sent once it answers", why_unanswered(exc))
+            return exc
         except DivergenceFound as exc:
             raise await _diverged(store, port, keys, exc) from None
         store.set_settings({RECORD_SETTING[kind]: str(acquired.token).encode()})
@@ -135,7 +140,22 @@ async def _take_stores(store: LocalStore, port: VssPort, keys: NodeKeys, guard: 
                 situation.owe_kv = True
             else:
                 situation.owe_wallet = True
-    return True
+    return None
+
+
+def why_unanswered(exc: VssError) -> str:
+    """Why the VSS server could not be used, in one line: the refusal's reason and the log's."""
+    detail = one_line(exc)
+    if isinstance(exc, InvalidRequestError):
+        # The node's calls are well-formed: a server that finds them invalid is answering
+        # at a path that is not its VSS API (the bundled server names the path it got).
+        return f"the server at --vss-url refused the node's call as invalid ({detail}): is the base URL right?"
+    if isinstance(exc, AuthError):
+        return f"the VSS server refused the node's credentials ({detail})"
+    if isinstance(exc, VssUnavailableError):
+        hint = ": a server with a private CA is trusted with --vss-ca-file" if "CERTIFICATE_VERIFY_FAILED" in detail else ""
+        return f"the VSS server could not be reached or gave no VSS answer ({detail}){hint}"
+    return f"the VSS server failed ({detail})"
 
 
 async def _diverged(store: LocalStore, port: VssPort, keys: NodeKeys, exc: DivergenceFound) -> errors.StoreDiverged:
@@ -150,15 +170,17 @@ async def _diverged(store: LocalStore, port: VssPort, keys: NodeKeys, exc: Diver
 
 
 async def _stage_wallet(
-    port: VssPort | None, keys: NodeKeys, home: WalletHome, config: NodeConfig, situation: _Situation
+    port: VssPort, unanswered: VssError | None, keys: NodeKeys, home: WalletHome, config: NodeConfig,
+    situation: _Situation,
 ) -> WalletStage:
-    if port is None and not situation.wallet_present:
-        reason = "the VSS server could not be reached to restore the wallet"
+    if unanswered is not None and not situation.wallet_present:
+        reason = why_unanswered(unanswered)
         if not config.vss_allow_empty_restore:
             raise errors.RestoreFailed(f"restore from VSS failed, nothing was restored: {reason}")
         await allowed_failure(home, reason)
         return WalletStage.EMPTY
-    return await stage_wallet(port, keys, home, allow_empty_restore=config.vss_allow_empty_restore)
+    return await stage_wallet(None if unanswered is not None else port, keys, home,
+                              allow_empty_restore=config.vss_allow_empty_restore)
 
 
 def _restore_failed(store: LocalStore, config: NodeConfig, reason: str) -> None:

@@ -20,7 +20,8 @@ Guarantees:
 - BackupNow is answered with the manifest version of an upload *built after it
   arrived* (so it holds every change made before), or with the reason it failed;
 - a failed automatic upload is retried with backoff (1 s doubling up to 60 s) without
-  waiting for another change; a BackupNow does not wait for the backoff;
+  waiting for another change; a BackupNow does not wait for the backoff; an outage logs
+  one line when the failures start and one when a backup lands again, not one per try;
 - a server backup this node could not read (a failed restore the operator allowed to
   start empty) is never uploaded over automatically: only a BackupNow with
   `replace_unreadable` does, or the server turning out to hold no backup at all;
@@ -52,6 +53,7 @@ from node.wallet_files import BACKUP_REQUIRED, REMOTE_UNREADABLE, WalletHome
 from node.wallet_format import MANIFEST_KEY
 from vss.backoff import Backoff
 from vss.errors import NoSuchKeyError, VssError, one_line
+from vss.wording import counted
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +108,7 @@ class WalletKeeper:
         self._checking = False
         self._waiters: list[tuple[int, Reply[int]]] = []  # (round it needs, reply)
         self._failures_in_a_row = 0
+        self._failing_since: float | None = None  # anyio clock, while uploads fail
         self._retry_at: float | None = None
         self._stopped: BaseException | None = None
         self._initially_seen: RemoteSeen | None = None
@@ -298,11 +301,17 @@ class WalletKeeper:
             self._retry_at = anyio.current_time() + delay
             self._metrics.wallet_backup_failures.inc()
             self._publish(failures=self.status.failures + 1, last_error=done.error)
-            log.warning("wallet backup failed (%s); next try in %.0f s", done.error, delay)
+            if self._failing_since is None:
+                self._failing_since = anyio.current_time()
+                log.warning("wallet backups are failing (%s); retried with backoff until one lands, the changes "
+                            "stay marked owed meanwhile", done.error)
+            else:
+                log.debug("wallet backup failed again (%s); next try in %.0f s", done.error, delay)
             reason = f"the wallet backup did not reach VSS: {done.error}"  # one error per waiter: each raises its own
             self._answer(done.number, lambda reply: reply.fail(errors.VssUnavailable(reason)))
             return
-        self._failures_in_a_row = 0
+        failed, self._failures_in_a_row = self._failures_in_a_row, 0
+        failing_since, self._failing_since = self._failing_since, None
         self._retry_at = None
         with anyio.CancelScope(shield=True):
             if done.seq == self._seq and self._dirty:
@@ -320,7 +329,11 @@ class WalletKeeper:
             backup_exists=True,
             server_version=done.version,
         )
-        log.info("wallet backup uploaded: manifest version %s", done.version)
+        if failing_since is None:
+            log.info("wallet backup uploaded: manifest version %s", done.version)
+        else:
+            log.info("wallet backups work again: manifest version %s uploaded after %s in %.1f s",
+                     done.version, counted(failed, "failed attempt"), anyio.current_time() - failing_since)
         version = done.version
         assert version is not None, "an upload that neither failed nor stopped landed at a version"
         self._answer(done.number, lambda reply: reply.set(version))

@@ -49,8 +49,8 @@ from node.wallet_format import (
     parse_manifest,
     parse_metadata,
 )
-from node.wording import counted
 from vss.errors import NoSuchKeyError, VssError
+from vss.wording import counted
 
 log = logging.getLogger(__name__)
 

@@ -19,6 +19,8 @@ import coincurve
 from bip32 import BIP32
 from mnemonic import Mnemonic
 
+from vss.wording import counted, plural
+
 DERIVATION_PATH = "m/535'/1'"
 WALLET_STORE_SUFFIX = "_rgb"
 _VALID_WORD_COUNTS = (12, 15, 18, 21, 24)
@@ -50,12 +52,13 @@ def validate_mnemonic(words: str) -> str:
     parts = unicodedata.normalize("NFKD", words).lower().split()
     if len(parts) not in _VALID_WORD_COUNTS:
         raise InvalidMnemonic(
-            f"mnemonic has {len(parts)} words; a BIP-39 mnemonic has 12, 15, 18, 21 or 24"
+            f"mnemonic has {counted(len(parts), 'word')}; a BIP-39 mnemonic has 12, 15, 18, 21 or 24"
         )
     unknown = [str(i + 1) for i, word in enumerate(parts) if word not in _english_words]
     if unknown:
         raise InvalidMnemonic(
-            f"mnemonic word(s) at position {', '.join(unknown)} not in the BIP-39 English word list"
+            f"mnemonic {plural(len(unknown), 'word')} at {plural(len(unknown), 'position')} {', '.join(unknown)} "
+            f"not in the BIP-39 English word list"
         )
     normalized = " ".join(parts)
     if not _english.check(normalized):

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from node.crypto import PREFIX_SIZE, SALT_SIZE, TAG_SIZE
+from vss.wording import counted
 
 CHUNK_SIZE = 1024 * 1024
 FORMAT_VERSION = 1
@@ -140,7 +141,8 @@ def parse_manifest(data: bytes) -> Manifest:
     expected = chunk_count_for(total_size)
     if chunk_count != expected:
         raise CorruptBackup(
-            f"backup manifest lists {chunk_count} chunks for {total_size} bytes; that size is {expected} chunk(s)"
+            f"backup manifest lists {counted(chunk_count, 'chunk')} for {counted(total_size, 'byte')}; "
+            f"that size is {counted(expected, 'chunk')}"
         )
     return Manifest(chunk_count, total_size)
 

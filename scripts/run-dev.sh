@@ -49,7 +49,7 @@ cat <<TXT
     curl -s -X PUT  'localhost:$NODE_PORT/kv/k1?primary=demo' --data-binary 'hello'
     curl -s         'localhost:$NODE_PORT/kv/k1?primary=demo'
     curl -s         localhost:$NODE_PORT/vssbackupinfo
-    .venv/bin/vssnode status
+    .venv/bin/vssnode status --node http://127.0.0.1:$NODE_PORT
 
 TXT
 "$VSSNODE" run "$DATA/node" --listen "127.0.0.1:$NODE_PORT" --vss-url "http://127.0.0.1:$VSS_PORT/vss" &

@@ -4,6 +4,8 @@ and the exit codes each promises (0 done, 1 a run-time failure or a difference f
 
 from __future__ import annotations
 
+import os
+import re
 import socket
 import time
 
@@ -11,6 +13,7 @@ import anyio
 import httpx
 
 from conftest import free_loopback_port
+from node import config as node_config
 from node import crypto
 from node.keys import derive_keys, generate_mnemonic
 from noderun import running_node, vssnode
@@ -44,12 +47,14 @@ def test_status_and_verify_against_a_running_node(tmp_path, vss_server):
         _unlock(node.url, mnemonic)
         for i in range(5):
             assert httpx.put(f"{node.url}/kv/k{i}?primary=ns", content=b"v%d" % i).status_code == 204
-        assert httpx.post(f"{node.url}/vssbackup", timeout=60).status_code == 200
+        backup = httpx.post(f"{node.url}/vssbackup", timeout=60)
+        assert backup.status_code == 200
         _settle(node.url)
         status = vssnode("status", "--node", node.url)
         assert status.returncode == 0, status.stderr
-        assert "state        running" in status.stdout and "pending      0 keys" in status.stdout
-        assert "restorable" in status.stdout
+        lines = status.stdout.splitlines()
+        assert "state        running (network regtest)" in lines and "pending      0 keys" in lines, lines
+        assert f"wallet       version {backup.json()['version']}, restorable" in lines, lines
         verify = vssnode("verify", "--node", node.url)
         assert verify.returncode == 0, verify.stdout + verify.stderr
         assert "0 missing on the server" in verify.stdout and "0 different" in verify.stdout
@@ -62,6 +67,50 @@ def test_status_and_verify_against_a_running_node(tmp_path, vss_server):
         anyio.run(tamper)
         verify = vssnode("verify", "--node", node.url)
         assert verify.returncode == 1 and "1 different" in verify.stdout, verify.stdout + verify.stderr
+
+
+def test_status_and_verify_take_the_api_token_from_a_file_or_the_environment(tmp_path, vss_server, monkeypatch):
+    """Against a node that wants an API token: status and verify send the one in
+    --api-token-file, or else VSSNODE_API_TOKEN, and work; without one, or with a wrong
+    one, the node refuses them (status 1, verify 2, one line); a token file that cannot
+    be read is configuration (2) for both."""
+    monkeypatch.delenv("VSSNODE_API_TOKEN", raising=False)
+    token = "t0ken-" + os.urandom(8).hex()
+    token_file = tmp_path / "token"
+    token_file.write_text(token + "\n")
+    auth = {"Authorization": f"Bearer {token}"}
+    with running_node(tmp_path / "n", "--vss-url", vss_server.url, "--api-token-file", str(token_file),
+                      token=token) as node:
+        init = httpx.post(f"{node.url}/init", json={"password": "pw", "mnemonic": generate_mnemonic()}, headers=auth)
+        assert init.status_code == 200
+        assert httpx.post(f"{node.url}/unlock", json={"password": "pw"}, headers=auth, timeout=60).status_code == 200
+        for how in ({"args": ("--api-token-file", str(token_file))}, {"env": {"VSSNODE_API_TOKEN": token}}):
+            args, env = how.get("args", ()), how.get("env")
+            status = vssnode("status", "--node", node.url, *args, env=env)
+            assert status.returncode == 0 and status.stdout.startswith("state        running"), (how, status)
+            verify = vssnode("verify", "--node", node.url, *args, env=env)
+            assert verify.returncode == 0 and "0 different" in verify.stdout, (how, verify)
+        for env in (None, {"VSSNODE_API_TOKEN": "not-the-token"}):
+            status = vssnode("status", "--node", node.url, env=env)
+            assert status.returncode == 1 and status.stdout == "", (env, status)
+            assert status.stderr.strip() == "vssnode status: missing or wrong API token (Authorization: Bearer ...)"
+            verify = vssnode("verify", "--node", node.url, env=env)
+            assert verify.returncode == 2 and verify.stdout == "", (env, verify)
+            assert verify.stderr.strip() == "vssnode verify: missing or wrong API token (Authorization: Bearer ...)"
+        for command in ("status", "verify"):
+            unreadable = vssnode(command, "--node", node.url, "--api-token-file", str(tmp_path / "absent"))
+            assert unreadable.returncode == 2 and "cannot read the API token file" in unreadable.stderr, unreadable
+
+
+def test_run_help_says_the_node_starts_locked_what_to_call_next_and_every_variable():
+    result = vssnode("run", "--help")
+    assert result.returncode == 0, result.stderr
+    text = " ".join(result.stdout.split())  # argparse wraps lines
+    assert "The node starts locked." in text and "POST localhost:3001/init" in text, text
+    assert "POST localhost:3001/unlock" in text and "Content-Type: application/json" in text, text
+    for env in ("VSSNODE_DATA_DIR", "VSSNODE_API_TOKEN", *(option.env for option in node_config.OPTIONS)):
+        assert env in text, env
+    assert "--vss-url URL" in text and "--vss-ca-file PEM" in text, text  # placeholders named
 
 
 def test_status_and_verify_when_they_cannot_run(tmp_path):
@@ -134,6 +183,23 @@ def test_a_remote_durability_write_through_the_process_while_the_server_is_down(
         assert off.status_code == 400 and off.json()["name"] == "VssNotEnabled"
 
 
+def test_an_unlock_at_a_wrong_base_path_names_the_path(tmp_path, vss_server):
+    """Fault: --vss-url ends in /vss (so it passes the start-up check) but is not where
+    the server serves VSS. Expected: the unlock that needs a restore is refused with the
+    server's answer naming the path it got and a hint at the base URL, not "could not
+    be reached"; the log says the same."""
+    wrong = vss_server.url.removesuffix("/vss") + "/foo/vss"
+    with running_node(tmp_path / "n", "--vss-url", wrong) as node:
+        assert httpx.post(f"{node.url}/init", json={"password": "pw", "mnemonic": generate_mnemonic()}).status_code == 200
+        answer = httpx.post(f"{node.url}/unlock", json={"password": "pw"}, timeout=60)
+        assert answer.status_code == 502 and answer.json()["name"] == "RestoreFailed", answer.text
+        error = answer.json()["error"]
+        assert re.search(r"POST /foo/vss/\w+ is not a VSS call", error) and "is the base URL right?" in error, error
+        assert "could not be reached" not in error
+        logged = [line for line in node.log_text().splitlines() if "unlock failed" in line]
+        assert len(logged) == 1 and "/foo/vss/" in logged[0] and "is the base URL right?" in logged[0], logged
+
+
 def test_run_time_and_configuration_failures_of_vssnode_run(tmp_path):
     """A taken port is a run-time failure (1); a data dir of another network is
     configuration (2). Either way one line, no traceback."""
@@ -143,7 +209,9 @@ def test_run_time_and_configuration_failures_of_vssnode_run(tmp_path):
         port = holder.getsockname()[1]
         taken = vssnode("run", str(tmp_path / "a"), "--listen", f"127.0.0.1:{port}")
     assert taken.returncode == 1, taken.stderr
-    assert len(taken.stderr.strip().splitlines()) == 1 and "Traceback" not in taken.stderr
+    lines = taken.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in taken.stderr, taken.stderr
+    assert lines[0].startswith(f"vssnode: cannot listen on 127.0.0.1:{port}: ") and "--listen" in lines[0], lines
     with running_node(tmp_path / "b", "--network", "signet") as node:
         assert httpx.post(f"{node.url}/init", json={"password": "pw", "mnemonic": generate_mnemonic()}).status_code == 200
     other = vssnode("run", str(tmp_path / "b"), "--network", "mainnet", "--listen", f"127.0.0.1:{free_loopback_port()}")

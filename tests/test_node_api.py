@@ -5,12 +5,15 @@ server)."""
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
+from typing import Any
 
+import anyio
 import pytest
 
 from actors.wallet_restorer import restore_wallet
-from fakevss import FakeVssServer
+from fakevss import FakePort, FakeVssServer
 from node.config import NodeConfig
 from node.keys import derive_keys
 from node.mnemonic_vault import FAST_LIMITS
@@ -277,3 +280,46 @@ async def test_vssbackup_uploads_over_an_unreadable_backup_only_when_asked(tmp_p
     restored = tmp_path / "restored"
     assert await restore_wallet(server.port(), keys, WalletHome(tmp_path / "node", keys.fingerprint), dest=restored)
     assert (restored / "w").read_bytes() == b"the new wallet"
+
+
+async def test_a_second_verify_while_one_runs_is_409_and_the_first_completes(tmp_path):
+    """One verify at a time: while the first is held at its first read of the server
+    (the listing), a second POST /vssverify answers 409 VerifyInProgress at once; the
+    first then completes, and a verify after it runs again."""
+    port = FakePort(FakeVssServer())
+    config = NodeConfig(data_dir=tmp_path / "node", vault_limits=FAST_LIMITS, vss_url="https://vss.invalid/vss",
+                        vss_verify_interval_s=0)
+    app = create_app(config, vss_port=lambda keys: port)
+    async with app.test_app() as test_app:
+        client = test_app.test_client()
+        await unlocked(client)
+        assert (await client.put("/kv/k", data=b"v")).status_code == 204
+        held = port.pause_before("list_key_versions")
+        first: list[Any] = []
+
+        async def first_verify() -> None:
+            first.append(await client.post("/vssverify"))
+
+        with anyio.fail_after(10):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(first_verify)
+                await held.reached.wait()
+                await assert_error(await client.post("/vssverify"), 409, "VerifyInProgress")
+                held.release()
+        assert first[0].status_code == 200, await first[0].get_data()
+        assert (await client.post("/vssverify")).status_code == 200
+
+
+async def test_every_refused_unlock_is_logged_with_its_reason(tmp_path, caplog):
+    """A body that is not JSON, a missing password, a wrong password: each refused
+    unlock is one "unlock failed" line saying why."""
+    caplog.set_level(logging.WARNING)
+    app = make_app(tmp_path)
+    async with app.test_app() as test_app:
+        client = test_app.test_client()
+        assert (await client.post("/init", json={"password": "pw", "mnemonic": MNEMONIC_A})).status_code == 200
+        await assert_error(await client.post("/unlock", data=b'{"password": "pw"}'), 415, "UnsupportedMediaType")
+        await assert_error(await client.post("/unlock", json={}), 400, "InvalidRequest")
+        await assert_error(await client.post("/unlock", json={"password": "wrong"}), 401, "WrongPassword")
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("unlock failed: ")]
+    assert [line.split(":")[1].strip() for line in lines] == ["UnsupportedMediaType", "InvalidRequest", "WrongPassword"]

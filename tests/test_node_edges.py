@@ -9,6 +9,7 @@ server, and verification finding what the server got wrong.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -31,7 +32,7 @@ from node.store import Triple
 from node.wallet_files import WalletHome
 from node.wallet_format import MANIFEST_KEY
 from nodeutil import wait_for
-from vss.errors import VssUnavailableError
+from vss.errors import InvalidRequestError, VssUnavailableError
 from vss.proto.vss_pb2 import KeyValue
 
 pytestmark = pytest.mark.trio
@@ -463,7 +464,7 @@ async def test_an_actor_that_fails_locks_the_node_which_can_be_unlocked_again(tm
     async with node_on(server, tmp_path / "a", port=port) as node:
         await node.init(PASSWORD, mnemonic)
         await node.unlock(PASSWORD)
-        port.fail_next("put_objects", RuntimeError("injected: a bug"))  # type: ignore[arg-type]
+        port.fail_next("put_objects", RuntimeError("injected: a bug"))
         await node.put("ns", "", "k", b"kept")
         await wait_for(lambda: node.state is NodeState.LOCKED, what="the node locking itself")
         assert "the node's actors failed" in caplog.text
@@ -498,7 +499,7 @@ async def test_a_fenced_node_stays_fenced_when_its_actors_then_fail(tmp_path, ca
             await held.reached.wait()  # A's KV write, held on its way to the server
         await a.wallet_write("w", b"A's wallet, changed")  # its upload finds B's fence
         await wait_for(lambda: a.state is NodeState.FENCED, what="A fenced by its wallet stream")
-        port.fail_next("put_objects", RuntimeError("injected: a bug"))  # type: ignore[arg-type]
+        port.fail_next("put_objects", RuntimeError("injected: a bug"))
         held.release()
         await wait_for(lambda: "the node's actors failed" in caplog.text, what="A's actors failing")
         assert a.state is NodeState.FENCED and (await a.backup_info())["fenced"] is True
@@ -511,3 +512,29 @@ async def test_a_fenced_node_stays_fenced_when_its_actors_then_fail(tmp_path, ca
         assert a.state is NodeState.LOCKED
         with pytest.raises(errors.OwnershipConflict):  # B holds the store
             await a.unlock(PASSWORD)
+
+
+async def test_every_refused_unlock_is_logged_with_its_reason(tmp_path, caplog):
+    """Each way an unlock is refused (not initialised, a wrong password, a server that
+    answers at a path that is not VSS, a node already running) is logged once, with its
+    reason; the refused restore names the path and hints at the base URL."""
+    caplog.set_level(logging.WARNING, logger="actors.node")
+    server = FakeVssServer()
+    port = FakePort(server)
+    async with node_on(server, tmp_path / "a", port=port) as node:
+        with pytest.raises(errors.NotInitialized):
+            await node.unlock(PASSWORD)
+        await node.init(PASSWORD, generate_mnemonic())
+        with pytest.raises(errors.WrongPassword):
+            await node.unlock("not the password")
+        port.fail_next("get_global_version", InvalidRequestError("POST /foo/vss/listKeyVersions is not a VSS call"))
+        with pytest.raises(errors.RestoreFailed):
+            await node.unlock(PASSWORD)
+        await node.unlock(PASSWORD)
+        with pytest.raises(errors.NodeNotLocked):
+            await node.unlock(PASSWORD)
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("unlock failed")]
+    assert len(lines) == 4, lines
+    assert "NotInitialized" in lines[0] and "WrongPassword" in lines[1] and "NodeNotLocked" in lines[3]
+    assert "RestoreFailed" in lines[2] and "/foo/vss/listKeyVersions is not a VSS call" in lines[2]
+    assert "is the base URL right?" in lines[2]

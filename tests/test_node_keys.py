@@ -54,7 +54,9 @@ def test_validate_normalizes():
         ("abandon " * 12, "checksum"),
         ("abandon " * 11, "11 words"),
         ("", "0 words"),
-        ("abandon " * 10 + "abandonn about", "position 11"),
+        ("abandon", "mnemonic has 1 word;"),
+        ("abandon " * 10 + "abandonn about", "mnemonic word at position 11 not in"),
+        ("abandon abandon zzzz " + "abandon " * 7 + "abandonn about", "mnemonic words at positions 3, 11 not in"),
     ],
 )
 def test_invalid_mnemonics(words, fragment):

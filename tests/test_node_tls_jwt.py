@@ -82,7 +82,11 @@ def test_a_node_replicates_over_https_to_a_server_with_a_private_ca(tmp_path):
         with running_node(tmp_path / "untrusting", "--vss-url", url) as node:  # without the CA: refused
             assert httpx.post(f"{node.url}/init", json={"password": "pw", "mnemonic": mnemonic}).status_code == 200
             answer = httpx.post(f"{node.url}/unlock", json={"password": "pw"}, timeout=60)
-            assert answer.status_code == 502 and "could not be reached" in answer.json()["error"]
+            assert answer.status_code == 502 and answer.json()["name"] == "RestoreFailed", answer.text
+            assert "CERTIFICATE_VERIFY_FAILED" in answer.json()["error"], answer.text  # the cause, named
+            assert answer.json()["error"].endswith("trusted with --vss-ca-file"), answer.text
+            assert "CERTIFICATE_VERIFY_FAILED" in next(
+                line for line in node.log_text().splitlines() if "unlock failed" in line)
         with running_node(tmp_path / "n", "--vss-url", url, "--vss-ca-file", str(ca_pem)) as node:
             unlock_and_write(node.url, mnemonic, 5)
             wait_settled(node.url)

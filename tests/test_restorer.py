@@ -12,13 +12,17 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from dataclasses import replace
 
 import anyio
 import pytest
 
+import actors.progress
+import actors.restorer
 import actors.wallet_restorer
 from actors.ownership_guard import FENCE_KEY
+from actors.progress import ProgressLog
 from actors.restorer import RETRY_ATTEMPTS, RETRY_BACKOFF, RestoreStatus, restore_kv
 from actors.wallet_restorer import restore_wallet
 from actorutil import markers, seed_kv, thread_aware_clock, vss_key
@@ -87,6 +91,58 @@ async def test_every_key_is_restored_across_pages_and_the_fence_is_left_out(cloc
         assert figures == sorted(figures), field
     assert [s.finished for s in statuses].index(True) == len(statuses) - 1
     assert all(s.listing_done for s in statuses[[s.listing_done for s in statuses].index(True):])
+
+
+class Ticking:
+    """Stands in for the time module of the code under test: each reading of monotonic()
+    is one second later than the one before, so a restore "takes" a second per step."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def monotonic(self) -> float:
+        self.now += 1.0
+        return self.now
+
+
+KV_PROGRESS = re.compile(r"restore: (?P<done>[\d,]+) keys? (?:of (?P<total>[\d,]+)|\((?P<listed>[\d,]+) listed so far\)), "
+                         r"(?P<mib>\d+\.\d) MiB, (?P<rate>[\d,]+) keys/s(?:, about (?P<left>\d+) s left)?")
+
+
+@pytest.mark.trio
+async def test_a_long_restore_logs_its_progress_with_counts(clock, store, caplog, monkeypatch):
+    """Situation: a restore of 1,100 keys in 11 pages, staged 50 at a time, that takes
+    long (a clock moving a second per reading: each page listed and each batch staged
+    is a second). Expected: a progress line every five seconds with the keys done, the
+    total once the listing knows it (what was listed so far before), the MiB and the
+    rate, with the time left once the total is known; the figures only grow; the last
+    line says how many keys were restored and how long it took."""
+    monkeypatch.setattr(actors.restorer, "time", Ticking())
+    monkeypatch.setattr(actors.restorer, "_STAGE_BATCH", 50)
+    caplog.set_level(logging.INFO, logger="actors.restorer")
+    server, kv = seeded(1100)
+    with anyio.fail_after(600):
+        assert await restore_kv(server.port(), keys(), store, lambda _: None, LIVE, concurrency=4) == 1100
+    lines = [r.getMessage() for r in caplog.records if r.name == "actors.restorer"]
+    progress = [KV_PROGRESS.fullmatch(line) for line in lines[:-1]]
+    assert len(progress) >= 5 and all(progress), lines  # 11 pages + 22 batches + the end: 34 seconds
+    done = [int(m["done"].replace(",", "")) for m in progress if m]
+    assert done == sorted(done) and 0 < done[-1] <= 1100, done
+    assert all((m["total"] is None) == (m["left"] is None) for m in progress if m), lines
+    assert [m["total"] for m in progress if m][-1] == "1,100", lines
+    assert re.fullmatch(r"restored 1,100 keys \(0\.\d MiB\) from VSS in 3\d\.0 s", lines[-1]), lines
+
+
+def test_the_wallet_restore_progress_line_says_how_much_how_fast_and_how_long(monkeypatch, caplog):
+    """ProgressLog (the wallet restore's): nothing before five seconds, then one line
+    with MiB done of the total, the rate and the time left; the next only five seconds
+    later."""
+    monkeypatch.setattr(actors.progress, "time", Ticking())  # started at 1 s
+    caplog.set_level(logging.INFO, logger="test.progress")
+    progress = ProgressLog(logging.getLogger("test.progress"), "wallet restore", 48 * 2**20)
+    for done_mib in (1, 2, 3, 4, 12, 13):  # read at 2, 3, 4, 5, 6 and 7 s
+        progress.advance(done_mib * 2**20)
+    assert [r.getMessage() for r in caplog.records] == ["wallet restore: 12.0 of 48.0 MiB, 2.4 MiB/s, about 15 s left"]
 
 
 @pytest.mark.trio

@@ -456,15 +456,16 @@ async def test_transport_error_then_success(sleeps: list[float]) -> None:
 
 
 @pytest.mark.anyio
-@pytest.mark.parametrize("attempts", [1, 2, 5])
-async def test_retries_bounded_by_attempts(attempts: int, sleeps: list[float]) -> None:
+@pytest.mark.parametrize("attempts, tries", [(1, "1 attempt"), (2, "2 attempts"), (5, "5 attempts")])
+async def test_retries_bounded_by_attempts(attempts: int, tries: str, sleeps: list[float]) -> None:
     server = FakeServer(lambda request: httpx.Response(503))
     retry = RetryPolicy(attempts=attempts, base_delay_s=0.001, max_total_s=10.0)
     async with server.client(retry=retry) as client:
-        with pytest.raises(InternalServerError):
+        with pytest.raises(InternalServerError) as caught:
             await client.delete_object(STORE, vss_pb2.KeyValue(key="k", version=-1))
     assert len(server.requests) == attempts
     assert len(sleeps) == attempts - 1
+    assert caught.value.__notes__[-1] == f"VSS deleteObject: gave up after {tries}"
 
 
 @pytest.mark.anyio

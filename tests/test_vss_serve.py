@@ -17,7 +17,7 @@ import pytest
 from hypercorn.config import Config
 from hypercorn.utils import LifespanFailureError
 
-from vss.serve import format_listen, is_loopback_host, parse_listen, serve_until_signalled
+from vss.serve import CannotListen, format_listen, is_loopback_host, parse_listen, serve_until_signalled
 
 
 @pytest.mark.parametrize("host", ["localhost", "LOCALHOST", "127.0.0.1", "127.8.9.10", "::1", "[::1]"])
@@ -96,9 +96,10 @@ def test_a_taken_port_raises_before_anything_is_announced() -> None:
         port = holder.getsockname()[1]
         app = App()
         announced: list[list[str]] = []
-        with pytest.raises(OSError):
+        with pytest.raises(CannotListen) as raised:
             asyncio.run(serve_until_signalled(app, _config(f"127.0.0.1:{port}"), on_bound=announced.append))
         assert announced == [] and not app.started
+    assert str(raised.value).startswith(f"cannot listen on 127.0.0.1:{port}: Address already in use; ")
 
 
 def test_a_failed_startup_raises_announces_nothing_and_frees_the_port() -> None:

@@ -250,6 +250,114 @@ def test_jwt_server_process(launch, tmp_path: Path) -> None:
 # -- health and metrics ---------------------------------------------------------------------------
 
 
+class TcpRelay:
+    """Forwards TCP connections from a loopback port to `target`, until `cut()`: then
+    the listener and every connection close, as a database host that went away would;
+    `reopen()` listens on the same port again."""
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        self.target = target
+        self.port = 0
+        self._lock = threading.Lock()
+        self._sockets: list[socket.socket] = []
+        self._listener: socket.socket | None = None
+        self.reopen()
+
+    def reopen(self) -> None:
+        listener = socket.socket()
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", self.port))
+        listener.listen()
+        self.port = listener.getsockname()[1]
+        self._listener = listener
+        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
+
+    def cut(self) -> None:
+        with self._lock:
+            listener, self._listener = self._listener, None
+            sockets, self._sockets = self._sockets, []
+        for sock in [listener, *sockets] if listener is not None else sockets:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)  # wakes the threads blocked on it
+            except OSError:
+                pass
+            sock.close()
+
+    def _accept(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return  # cut
+            upstream = socket.create_connection(self.target)
+            with self._lock:
+                if self._listener is not listener:
+                    client.close()
+                    upstream.close()
+                    return
+                self._sockets += [client, upstream]
+            for source, sink in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(source, sink), daemon=True).start()
+
+    @staticmethod
+    def _pump(source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            try:
+                sink.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass
+
+
+@pytest.mark.postgres
+def test_health_is_503_while_the_database_is_unreachable_and_200_once_it_is_back(launch, postgres_dsn) -> None:
+    """Fault: the PostgreSQL server goes away under a running server process (a relay
+    in between closes every connection and stops listening). Expected: /health answers
+    503 {"status": "unavailable"} saying the database does not answer, and logs it; once
+    the database is reachable again /health is 200 without a restart."""
+    import asyncio
+    import urllib.parse
+
+    import asyncpg
+
+    dsn = urllib.parse.urlsplit(postgres_dsn)
+    relay = TcpRelay((dsn.hostname or "127.0.0.1", dsn.port or 5432))
+    schema = f"vss_test_health_{os.getpid()}_{relay.port}"
+    userinfo = dsn.netloc.rpartition("@")[0]
+    via_relay = dsn._replace(netloc=f"{userinfo}@127.0.0.1:{relay.port}" if userinfo else f"127.0.0.1:{relay.port}")
+    query = "&".join(filter(None, [dsn.query, f"schema={schema}"]))
+    try:
+        server = launch(db=urllib.parse.urlunsplit(via_relay._replace(query=query)))
+        root = server.url.removesuffix("/vss")
+        assert httpx.get(f"{root}/health", timeout=10).json() == {"status": "ok"}
+        relay.cut()
+        down = httpx.get(f"{root}/health", timeout=30)
+        assert down.status_code == 503, down.text
+        assert down.json()["status"] == "unavailable" and "the database" in down.json()["error"], down.text
+        assert "health check: the database does not answer" in server.log()
+        relay.reopen()
+        deadline = time.monotonic() + 30
+        while (back := httpx.get(f"{root}/health", timeout=30)).status_code != 200:
+            assert time.monotonic() < deadline, back.text  # the pool reconnects on its next use
+            time.sleep(0.05)  # poll interval, bounded by the deadline
+        assert back.json() == {"status": "ok"}
+    finally:
+        relay.cut()
+
+        async def drop() -> None:
+            conn = await asyncpg.connect(postgres_dsn)
+            try:
+                await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+            finally:
+                await conn.close()
+
+        asyncio.run(drop())
+
+
 def test_health_and_metrics_need_no_authorization(launch) -> None:
     server = launch()
     root = server.url.removesuffix("/vss")

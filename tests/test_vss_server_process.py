@@ -152,6 +152,20 @@ def test_hypercorn_serves_the_asgi_app_from_environment(spawn_vss_server, tmp_pa
     assert too_big.status_code == 413
 
 
+@pytest.mark.parametrize("level, debug_shown", [("debug", True), ("info", False)])
+def test_hypercorn_logs_at_the_level_of_vss_server_log_level(tmp_path, level, debug_shown) -> None:
+    """Under hypercorn's own command line the app logs at VSS_SERVER_LOG_LEVEL: at debug,
+    a database that cannot be opened is logged with the backend's traceback."""
+    not_a_dir = tmp_path / "a-file"
+    not_a_dir.write_text("the database path goes through this file")
+    result = subprocess.run(
+        [sys.executable, "-m", "hypercorn", "vss.server.asgi:app", "--bind", "127.0.0.1:0"],
+        env={**os.environ, "VSS_SERVER_DB": f"sqlite:///{not_a_dir / 'vss.sqlite3'}", "VSS_SERVER_LOG_LEVEL": level},
+        capture_output=True, text=True, timeout=60,
+    )
+    assert ("DEBUG vss.server.app: the backend failed to open" in result.stderr) is debug_shown, result.stderr
+
+
 def test_bad_flags_exit_2_with_one_line_reason() -> None:
     for args in (["--listen", "8081"], ["--listen", "host:99999"], ["--db", "mysql://x/y"], ["--max-body-bytes", "0"]):
         result = subprocess.run(

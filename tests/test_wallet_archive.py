@@ -379,6 +379,20 @@ def test_bad_manifests(manifest):
 
 
 @pytest.mark.parametrize(
+    "chunk_count, total_size, says",
+    [
+        (2, 1048576, "backup manifest lists 2 chunks for 1,048,576 bytes; that size is 1 chunk"),
+        (1, 1048577, "backup manifest lists 1 chunk for 1,048,577 bytes; that size is 2 chunks"),
+    ],
+)
+def test_a_manifest_whose_chunk_count_does_not_fit_its_size_says_both_counted_right(chunk_count, total_size, says):
+    manifest = json.dumps({"chunk_count": chunk_count, "total_size": total_size, "encrypted": True, "version": 1})
+    with pytest.raises(CorruptBackup) as caught:
+        parse_manifest(manifest.encode())
+    assert str(caught.value) == says
+
+
+@pytest.mark.parametrize(
     "metadata",
     [
         b"{}",

@@ -8,7 +8,9 @@ the wallet directory, file by file.
 
 from __future__ import annotations
 
+import logging
 import os
+import re
 
 import anyio
 import pytest
@@ -94,6 +96,34 @@ async def test_a_failed_upload_is_retried_with_backoff_without_a_new_change(cloc
     assert rig.keeper.status.failures == 9 and rig.metrics.value("wallet_backup_failures_total") == 9
     assert rig.keeper.status.uploads == 1 and rig.keeper.status.last_error is None
     assert await rig.server_files() == {"a.txt": b"v"}
+
+
+@pytest.mark.trio
+async def test_an_outage_logs_one_line_when_it_starts_and_one_when_a_backup_lands(clock, tmp_path, caplog):
+    """Fault: the server is down for nine attempts (three minutes of backoff). Expected:
+    one warning when the first attempt fails, none for the next eight, one line when
+    the tenth lands saying how many failed and for how long; the next upload is logged
+    as usual."""
+    caplog.set_level(logging.INFO, logger="actors.wallet_keeper")
+    rig = WalletRig(tmp_path)
+    rig.port.down = True
+    with anyio.fail_after(3600):
+        async with anyio.create_task_group() as tg:
+            rig.start(tg)
+            await rig.change("a.txt", b"v")
+            await eventually(lambda: rig.keeper.status.failures == 9, "nine attempts failed", step=0.5)
+            rig.port.down = False
+            await eventually(lambda: settled(rig), "the retry landed", step=0.5)
+            await rig.change("b.txt", b"w")
+            await eventually(lambda: settled(rig) and rig.keeper.status.uploads == 2, "the next upload", step=0.5)
+            tg.cancel_scope.cancel()
+    lines = [r.getMessage() for r in caplog.records if r.name == "actors.wallet_keeper"]
+    assert len(lines) == 3, lines
+    assert lines[0].startswith("wallet backups are failing (VssUnavailableError: injected: the server is down"), lines
+    back = re.fullmatch(r"wallet backups work again: manifest version 1 uploaded after 9 failed attempts in (\S+) s",
+                        lines[1])
+    assert back is not None and float(back.group(1)) == pytest.approx(1 + 2 + 4 + 8 + 16 + 32 + 60 + 60 + 60), lines
+    assert lines[2] == "wallet backup uploaded: manifest version 2"
 
 
 @pytest.mark.trio

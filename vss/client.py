@@ -63,6 +63,7 @@ from vss.client_retry import RetryPolicy
 from vss.errors import AuthError, VssError, VssUnavailableError
 from vss.proto import vss_pb2
 from vss.transport import BodyTooLarge, Connections, HttpEngine, read_body, trust_context, unused_tls_context
+from vss.wording import counted
 
 __all__ = [
     "DEFAULT_MAX_RESPONSE_BYTES",
@@ -294,7 +295,7 @@ class VssClient:
                     raise
                 delay = next(delays, None)
                 if delay is None:
-                    error.add_note(f"VSS {method}: gave up after {attempt} attempt(s)")
+                    error.add_note(f"VSS {method}: gave up after {counted(attempt, 'attempt')}")
                     raise
                 # The callers say what an outage means (one line when it starts, one when it
                 # is over); a line per quick retry is noise.

@@ -7,7 +7,8 @@ URL" is printed only once it is true:
 - `parse_listen("HOST:PORT")` / `parse_listen("[IPv6]:PORT")` -> `(host, port)`, or
   ValueError with a one-line message; `is_loopback_host(host)`.
 - `await serve_until_signalled(app, config, on_bound=...)`: bind the configured
-  addresses first (a taken port raises OSError before anything is announced), run the
+  addresses first (a taken port raises CannotListen, whose message is the one line
+  both programs print, before anything is announced), run the
   app's lifespan startup, call `on_bound(urls)` once the sockets listen and the app has
   started, then serve until SIGINT or SIGTERM, finishing requests in flight.
 
@@ -27,11 +28,25 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from hypercorn.config import Config
 
-__all__ = ["bind_listening", "format_listen", "is_loopback_host", "parse_listen", "serve_until_signalled", "uvloop_factory"]
+__all__ = [
+    "CannotListen", "bind_listening", "format_listen", "is_loopback_host", "parse_listen", "serve_until_signalled",
+    "uvloop_factory",
+]
 
 _AsgiApp = Callable[
     [MutableMapping[str, Any], Callable[[], Awaitable[Any]], Callable[[Any], Awaitable[None]]], Awaitable[None]
 ]
+
+
+class CannotListen(Exception):
+    """An address to serve on could not be bound: in use, not this machine's, no
+    permission. The message is one line saying which address, why, and what to do."""
+
+    def __init__(self, addresses: list[str], cause: OSError) -> None:
+        super().__init__(
+            f"cannot listen on {', '.join(addresses)}: {cause.strerror or cause}; "
+            "stop what holds it or choose another --listen"
+        )
 
 
 def parse_listen(listen: str) -> tuple[str, int]:
@@ -80,7 +95,7 @@ async def serve_until_signalled(
     """Serve `app` with hypercorn's asyncio `serve()` until SIGINT or SIGTERM.
 
     The addresses of `config.bind` (and `config.insecure_bind` with TLS) are bound and
-    listening before the app starts, so a bind failure raises OSError with nothing
+    listening before the app starts, so a bind failure raises CannotListen with nothing
     announced. `on_bound(urls)` is called once, when the app has completed its lifespan
     startup (at once if the app has no lifespan support), with a URL per socket
     (`http://127.0.0.1:8081`, `https://[::1]:8443`; port 0 shows the port chosen).
@@ -125,19 +140,26 @@ def bind_listening(config: Config) -> tuple[Config, list[str], list[socket.socke
     (`fd://N`, so hypercorn does not bind again), a URL per socket, and the sockets.
     The caller closes the sockets if it never serves, and detaches them once hypercorn
     has taken the descriptors over (hypercorn closes them when it stops). Raises
-    OSError when an address cannot be bound (in use, not this machine's, no permission).
+    CannotListen when an address cannot be bound (in use, not this machine's, no
+    permission).
     """
     config = copy.copy(config)
     if config.quic_bind:
         raise ValueError("QUIC addresses are not supported here")
-    bound = config.create_sockets()
+    addresses = [*config.bind, *(config.insecure_bind if config.ssl_enabled else [])]
+    try:
+        bound = config.create_sockets()
+    except OSError as exc:
+        raise CannotListen(addresses, exc) from exc
     sockets = [*bound.secure_sockets, *bound.insecure_sockets]
     try:
         for sock in sockets:
             sock.listen(config.backlog)
-    except BaseException:
+    except BaseException as exc:
         for sock in sockets:
             sock.close()
+        if isinstance(exc, OSError):
+            raise CannotListen(addresses, exc) from exc
         raise
     urls = [_url("https", sock) for sock in bound.secure_sockets]
     urls += [_url("http", sock) for sock in bound.insecure_sockets]

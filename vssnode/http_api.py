@@ -30,6 +30,7 @@ from werkzeug.routing import PathConverter
 from actors.node import Durability, Node
 from node import errors
 from node.config import ConfigError, NodeConfig
+from vss.errors import one_line
 from vssnode.api_guard import check_caller
 
 log = logging.getLogger(__name__)
@@ -172,7 +173,11 @@ def create_app(config: NodeConfig, **node_kwargs: Any) -> Quart:
 
     @app.post("/unlock")
     async def unlock() -> Response:
-        body = await json_body()
+        try:
+            body = await json_body()
+        except errors.NodeError as exc:  # the node logs each refusal of its own; this one is the route's
+            log.warning("unlock failed: %s", one_line(exc))
+            raise
         await node().unlock(body.get("password"))  # type: ignore[arg-type]
         return json_response(node().info())
 

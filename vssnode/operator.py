@@ -6,7 +6,8 @@ VSSNODE_API_TOKEN. `clear-fence` needs no node: for when the old node's machine 
 gone, it reads the fence of the store that a mnemonic names and, with `--yes`, clears
 it, so a new node can take the store over.
 
-Exit codes: status 0 (it answered), 1 (it could not be asked); verify 0 (the backup
+Exit codes: status 0 (it answered), 1 (it could not be asked, or refused the call),
+2 (the token file cannot be read); verify 0 (the backup
 would restore exactly: nothing missing, extra or different, the wallet restores),
 1 (something is missing or differs), 2 (it cannot run); clear-fence 0 (cleared, or
 there was none), 1 (a fence is there and `--yes` was not given, or the server failed),
@@ -26,7 +27,7 @@ from typing import Any
 import httpx
 
 from node import config as node_config
-from node.wording import counted
+from vss.wording import counted
 from vssnode.console import add_log_level, fail, setup_logging
 
 DEFAULT_NODE = "http://127.0.0.1:3001"

@@ -36,8 +36,8 @@ def run_node(config: NodeConfig) -> int:
         return fail("vssnode", exc, 2)
     except KeyboardInterrupt:
         return 0
-    except Exception as exc:  # noqa: BLE001 -- start-up failures: the port is taken, the disk is full
-        return fail("vssnode", exc, 1)
+    except Exception as exc:  # noqa: BLE001 -- start-up failures: the disk is full, the port is taken
+        return fail("vssnode", exc, 1)  # (vss.serve.CannotListen: worded as the VSS server words it)
     return 0
 
 

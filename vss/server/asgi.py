@@ -5,10 +5,11 @@
 
 Configured by VSS_SERVER_DB (default sqlite:///./.data/vss.sqlite3), VSS_SERVER_AUTH
 (sigs|jwt|none, default sigs), VSS_SERVER_JWT_PUBLIC_KEY (a PEM file, for jwt),
-VSS_SERVER_MAX_BODY_BYTES (default 64 MiB) and VSS_SERVER_ALLOW_UNAUTHENTICATED (1 to
+VSS_SERVER_MAX_BODY_BYTES (default 64 MiB), VSS_SERVER_ALLOW_UNAUTHENTICATED (1 to
 confirm VSS_SERVER_AUTH=none: the app cannot know whether hypercorn binds loopback
-only). TLS, the address and worker processes are hypercorn's own flags. Each hypercorn
-worker opens its own connections; both backends are safe to share.
+only) and VSS_SERVER_LOG_LEVEL (debug|info|warning|error, default info). TLS, the
+address and worker processes are hypercorn's own flags. Each hypercorn worker opens
+its own connections; both backends are safe to share.
 """
 
 from vss.server.cli import app_from_env

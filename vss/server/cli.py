@@ -123,14 +123,17 @@ def main(argv: list[str] | None = None) -> int:
     return run(parser.parse_args(argv))
 
 
-def app_from_env(environ: Mapping[str, str] | None = None) -> VssApp:
+def app_from_env(environ: Mapping[str, str] | None = None, *, warn: bool = True) -> VssApp:
     """The app configured by VSS_SERVER_DB, VSS_SERVER_AUTH, VSS_SERVER_JWT_PUBLIC_KEY,
-    VSS_SERVER_MAX_BODY_BYTES and VSS_SERVER_ALLOW_UNAUTHENTICATED.
+    VSS_SERVER_MAX_BODY_BYTES and VSS_SERVER_ALLOW_UNAUTHENTICATED, logging at
+    VSS_SERVER_LOG_LEVEL; `warn`: print the warning of `--auth none` (a worker leaves
+    it to the parent, which printed it once).
 
     Raises ValueError (ServerConfigError) naming the variable that is wrong.
     """
     settings = Settings.from_env(os.environ if environ is None else environ)
-    if settings.auth == "none":
+    configure_logging(settings.log_level)
+    if warn and settings.auth == "none":
         print(NO_AUTH_WARNING, file=sys.stderr, flush=True)
     return settings.build_app()
 
@@ -148,26 +151,17 @@ def configure_logging(level: str) -> None:
 def _run_here(settings: Settings, app: VssApp) -> int:
     from hypercorn.utils import LifespanFailureError
 
-    from vss.serve import serve_until_signalled, uvloop_factory
+    from vss.serve import CannotListen, serve_until_signalled, uvloop_factory
 
     config = _hypercorn_config(settings)
-    bound = False
-
-    def announce(urls: list[str]) -> None:
-        nonlocal bound
-        bound = True
-        _announce(settings, urls)
-
     loop_factory = uvloop_factory() if settings.use_uvloop() else None
     try:
         with asyncio.Runner(loop_factory=loop_factory) as runner:
-            runner.run(serve_until_signalled(app, config, on_bound=announce))
+            runner.run(serve_until_signalled(app, config, on_bound=lambda urls: _announce(settings, urls)))
     except LifespanFailureError:
         return _failed(f"{app.startup_error or 'the server failed to start'}; check --db and that the database is up")
-    except OSError as exc:
-        if not bound:
-            return _cannot_listen(settings, exc)
-        return _failed(f"stopped: {one_line(exc)}", exc)
+    except CannotListen as exc:
+        return _failed(str(exc), exc)
     except Exception as exc:
         return _failed(f"stopped: {one_line(exc)}", exc)
     return 0
@@ -184,7 +178,7 @@ def _run_workers(settings: Settings, app: VssApp) -> int:
     """
     from hypercorn.run import run as run_workers
 
-    from vss.serve import bind_listening
+    from vss.serve import CannotListen, bind_listening
     from vss.server.metrics import MULTIPROC_ENV
 
     try:
@@ -197,8 +191,8 @@ def _run_workers(settings: Settings, app: VssApp) -> int:
     config.application_path = "vss.server.worker:app"
     try:
         config, urls, sockets = bind_listening(config)
-    except OSError as exc:
-        return _cannot_listen(settings, exc)
+    except CannotListen as exc:
+        return _failed(str(exc), exc)
     try:
         with tempfile.TemporaryDirectory(prefix="vss-server-metrics-") as metrics_dir:
             os.environ.update(settings.to_env())
@@ -245,13 +239,6 @@ def _announce(settings: Settings, urls: list[str]) -> None:
         f"vss-server: listening on {urls[0]}/vss (db {settings.redacted_db}, auth {settings.auth}{workers})",
         flush=True,
     )
-
-
-def _cannot_listen(settings: Settings, exc: OSError) -> int:
-    from vss.serve import format_listen
-
-    where = format_listen(settings.host, settings.port)
-    return _failed(f"cannot listen on {where}: {exc.strerror or exc}; stop what holds it or choose another --listen", exc)
 
 
 def _failed(message: str, exc: BaseException | None = None) -> int:

@@ -6,11 +6,6 @@ the settings in VSS_SERVER_* variables (`Settings.to_env`); this module only reb
 the app from them, with the parent's log level.
 """
 
-import os
+from vss.server.cli import app_from_env
 
-from vss.server.cli import configure_logging
-from vss.server.settings import Settings
-
-_settings = Settings.from_env(os.environ)
-configure_logging(_settings.log_level)
-app = _settings.build_app()
+app = app_from_env(warn=False)
