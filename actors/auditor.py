@@ -184,7 +184,7 @@ class Auditor:
                 if not same:
                     differing += 1
                 compared += 1
-                if progress.due():
+                if progress.due() is not None:
                     log.info("verify: %s of %s compared, %s different so far", f"{compared:,}",
                              counted(len(pending), "value"), f"{differing:,}")
 

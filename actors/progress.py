@@ -17,12 +17,14 @@ class Throttle:
         self._every = every_s
         self._next = self._started + every_s
 
-    def due(self) -> bool:
+    def due(self) -> float | None:
+        """The seconds since the work started when a report is due now, else None (one
+        reading of the clock either way)."""
         now = time.monotonic()
         if now < self._next:
-            return False
+            return None
         self._next = now + self._every
-        return True
+        return now - self._started
 
     def elapsed(self) -> float:
         """Seconds since the work started."""
@@ -40,9 +42,10 @@ class ProgressLog:
         self._throttle = Throttle()
 
     def advance(self, done_bytes: int) -> None:
-        if not self._throttle.due():
+        elapsed = self._throttle.due()
+        if elapsed is None:
             return
-        rate = done_bytes / self._throttle.elapsed()
+        rate = done_bytes / elapsed
         left = (self._total - done_bytes) / rate if rate > 0 else 0.0
         self._log.info("%s: %.1f of %.1f MiB, %.1f MiB/s, about %.0f s left", self._what, done_bytes / 2**20,
                        self._total / 2**20, rate / 2**20, max(0.0, left))

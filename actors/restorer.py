@@ -95,8 +95,9 @@ class _Restore:
     def advance(self, **changes: int | bool) -> None:
         self.status = replace(self.status, **changes)  # type: ignore[arg-type]
         self.publish(self.status)
-        if self.progress.due():
-            log.info("restore: %s", progress_line(self.status, self.progress.elapsed()))
+        elapsed = self.progress.due()
+        if elapsed is not None:
+            log.info("restore: %s", progress_line(self.status, elapsed))
 
 
 def progress_line(status: RestoreStatus, elapsed_s: float) -> str:
