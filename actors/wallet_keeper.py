@@ -71,11 +71,9 @@ class WalletStatus:
     uploads: int = 0
     failures: int = 0
     last_error: str | None = None
-    backup_required: bool = False
     remote_known: bool = False  # the fields below are from the server (or our uploads)
     backup_exists: bool | None = None
     server_version: int | None = None
-    unreadable: bool = False
     stopped: str | None = None
 
 
@@ -126,7 +124,6 @@ class WalletKeeper:
         try:
             self._dirty = await anyio.to_thread.run_sync(self._home.flag, BACKUP_REQUIRED)
             self._unreadable = await anyio.to_thread.run_sync(self._home.flag, REMOTE_UNREADABLE)
-            self._publish()
             async with anyio.create_task_group() as tg:
                 if self._initially_seen is not None:
                     await self._seen(self._initially_seen)
@@ -140,11 +137,6 @@ class WalletKeeper:
                         await self._handle(message, tg)
         finally:
             self._close()
-
-    def _publish(self, **changes: object) -> None:
-        self.status = replace(
-            self.status, backup_required=self._dirty, unreadable=self._unreadable, **changes  # type: ignore[arg-type]
-        )
 
     # -- the loop ------------------------------------------------------------------
 
@@ -215,7 +207,6 @@ class WalletKeeper:
         if marked:
             self._dirty = True
             self._seq += 1
-            self._publish()
         if failure is None:
             change.reply.set(None)
         else:
@@ -226,7 +217,6 @@ class WalletKeeper:
             await anyio.to_thread.run_sync(self._home.set_flag, BACKUP_REQUIRED, True)
             self._dirty = True
         self._seq += 1  # what the server has is older than anything built from now on
-        self._publish()
 
     # -- what the server holds ------------------------------------------------------------
 
@@ -255,7 +245,8 @@ class WalletKeeper:
             await anyio.to_thread.run_sync(self._home.set_flag, REMOTE_UNREADABLE, False)
             self._unreadable = False
             log.info("the VSS server holds no wallet backup after all: the wallet is uploaded as usual")
-        self._publish(remote_known=True, backup_exists=seen.version is not None, server_version=seen.version)
+        self.status = replace(self.status, remote_known=True, backup_exists=seen.version is not None,
+                              server_version=seen.version)
 
     # -- upload rounds -----------------------------------------------------------------
 
@@ -290,7 +281,7 @@ class WalletKeeper:
         stopped = done.stopped
         if stopped is not None:
             self._stopped = stopped
-            self._publish(stopped=one_line(stopped), last_error=one_line(stopped))
+            self.status = replace(self.status, stopped=one_line(stopped), last_error=one_line(stopped))
             for _, reply in self._waiters:  # later rounds never come: everyone waiting hears now
                 reply.fail(_stopped_error(stopped))
             self._waiters = []
@@ -300,7 +291,7 @@ class WalletKeeper:
             delay = UPLOAD_BACKOFF.delay(self._failures_in_a_row)
             self._retry_at = anyio.current_time() + delay
             self._metrics.wallet_backup_failures.inc()
-            self._publish(failures=self.status.failures + 1, last_error=done.error)
+            self.status = replace(self.status, failures=self.status.failures + 1, last_error=done.error)
             if self._failing_since is None:
                 self._failing_since = anyio.current_time()
                 log.warning("wallet backups are failing (%s); retried with backoff until one lands, the changes "
@@ -322,7 +313,8 @@ class WalletKeeper:
                 self._unreadable = False
                 log.warning("uploaded over the wallet backup this node could not read, as the operator asked")
         self._metrics.wallet_backups.inc()
-        self._publish(
+        self.status = replace(
+            self.status,
             uploads=self.status.uploads + 1,
             last_error=None,
             remote_known=True,
