@@ -70,8 +70,8 @@ from actors.vss_port import VssPort
 from node import crypto, kv_keys
 from node.config import NodeConfig
 from node.keys import NodeKeys
-from node.mnemonic_vault import FAST_LIMITS
 from tests.conftest import POSTGRES_DEFAULT_DSNS, RunningVssServer, start_vss_server, stop_vss_server
+from tests.nodeutil import FAST_LIMITS
 from vss.proto.vss_pb2 import KeyValue, ListKeyVersionsResponse
 
 VALUE_SIZE = 256

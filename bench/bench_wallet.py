@@ -84,9 +84,10 @@ def _wallet_files(size_mib: int) -> list[tuple[str, int]]:
 
 
 async def _phase(args: argparse.Namespace) -> dict:
+    from harness import FAST_LIMITS
+
     from actors import Node
     from node.config import NodeConfig
-    from node.mnemonic_vault import FAST_LIMITS
 
     mnemonic = Path(args.mnemonic_file).read_text().strip()
     transport = LatencyTransport(args.latency_ms / 1000) if args.latency_ms > 0 else None

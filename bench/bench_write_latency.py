@@ -215,11 +215,11 @@ async def unlock_over_http(http: httpx.AsyncClient, mnemonic: str) -> None:
 
 def serve_node_main(argv: list[str]) -> int:
     """serve-node: one node over HTTP, with `latency_ms` added to each of its VSS requests."""
+    from harness import FAST_LIMITS
     from hypercorn.asyncio import serve
     from hypercorn.config import Config
 
     from node.config import NodeConfig
-    from node.mnemonic_vault import FAST_LIMITS
     from vssnode.http_api import create_app
 
     parser = argparse.ArgumentParser(prog="bench_write_latency.py serve-node")

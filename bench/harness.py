@@ -47,13 +47,13 @@ from figures import Figure  # noqa: E402
 from actors import Node  # noqa: E402
 from node.config import NodeConfig  # noqa: E402
 from node.keys import NodeKeys, derive_keys, generate_mnemonic  # noqa: E402
-from node.mnemonic_vault import FAST_LIMITS  # noqa: E402
 from tests.conftest import (  # noqa: E402
     RunningVssServer,
     free_loopback_port,
     start_vss_server,
     stop_vss_server,
 )
+from tests.nodeutil import FAST_LIMITS  # noqa: E402
 from vss.client import SignatureAuth, VssClient  # noqa: E402
 from vss.transport import Connections, unused_tls_context  # noqa: E402
 

@@ -29,8 +29,6 @@ from node.errors import InvalidRequest, WrongPassword
 VAULT_VERSION = 1
 DEFAULT_OPSLIMIT = argon2id.OPSLIMIT_MODERATE
 DEFAULT_MEMLIMIT = argon2id.MEMLIMIT_MODERATE
-FAST_LIMITS = (argon2id.OPSLIMIT_INTERACTIVE, argon2id.MEMLIMIT_INTERACTIVE)
-"""Cheaper limits for test suites (NodeConfig.vault_limits); never the CLI's."""
 # Bounds on what a blob may ask for, so a damaged header cannot demand terabytes.
 _OPSLIMIT_RANGE = (argon2id.OPSLIMIT_MIN, argon2id.OPSLIMIT_SENSITIVE)
 _MEMLIMIT_RANGE = (argon2id.MEMLIMIT_MIN, argon2id.MEMLIMIT_SENSITIVE)

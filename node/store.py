@@ -171,12 +171,6 @@ class LocalStore:
             ).fetchall()
         return [row[0] for row in rows]
 
-    def all_items(self) -> dict[Triple, bytes]:
-        """Every key and value; for checks and tests, not for the hot path."""
-        with self._reader() as conn:
-            rows = conn.execute("SELECT primary_ns, secondary_ns, key, value FROM kv").fetchall()
-        return {(p, s, k): bytes(v) for p, s, k, v in rows}
-
     def has_state(self) -> bool:
         with self._reader() as conn:
             return bool(conn.execute("SELECT EXISTS (SELECT 1 FROM kv)").fetchone()[0] == 1)

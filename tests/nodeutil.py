@@ -4,20 +4,26 @@ a checker that compares the server's copy (decrypted) with the node's local stor
 from __future__ import annotations
 
 import os
+import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, closing
 from pathlib import Path
 
 import anyio
 import httpx
+from nacl.pwhash import argon2id
 
 from actors import Node
 from actors.ownership_guard import FENCE_KEY
 from node import crypto, kv_keys
 from node.config import NodeConfig
 from node.keys import NodeKeys
-from node.store import Triple
+from node.store import LocalStore, Triple
 from vss.client import SignatureAuth, VssClient
+
+# Cheaper argon2id limits than a real vault's (NodeConfig.vault_limits), so that the
+# suites and benchmarks do not spend a second on every init and unlock.
+FAST_LIMITS = (argon2id.OPSLIMIT_INTERACTIVE, argon2id.MEMLIMIT_INTERACTIVE)
 
 MNEMONIC_A = "abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon about"
 
@@ -90,3 +96,11 @@ def snapshot(root: Path) -> dict[str, bytes | None]:
 
 
 __all__ = ["MNEMONIC_A", "wait_for", "SwitchableTransport", "unlocked_node", "client_for", "remote_kv", "snapshot"]
+
+
+def local_items(store: LocalStore) -> dict[Triple, bytes]:
+    """Every key and value of a node's local store, read over a connection of the test's
+    own (what a restore, a write or a crash left committed)."""
+    with closing(sqlite3.connect(store.path)) as conn:
+        rows = conn.execute("SELECT primary_ns, secondary_ns, key, value FROM kv").fetchall()
+    return {(p, s, k): bytes(v) for p, s, k, v in rows}

@@ -38,6 +38,7 @@ from actorutil import commit_directly, markers, stream, t, thread_aware_clock
 from node import settings
 from node.errors import NodeLocked
 from node.store import LocalChange, LocalStore, Triple
+from nodeutil import local_items
 
 
 @pytest.fixture
@@ -166,7 +167,7 @@ async def test_queued_writes_are_one_group_commit_and_each_caller_hears_its_seq_
     assert seqs == list(range(1, 11))
     assert len(store.commits) == 1 and rig.metrics.value("local_commits_total") == 1
     fresh = LocalStore(tmp_path / "node.sqlite3")  # another connection: what is on the disk
-    assert fresh.all_items() == {t(f"k{i}"): f"v{i}".encode() for i in range(10)}
+    assert local_items(fresh) == {t(f"k{i}"): f"v{i}".encode() for i in range(10)}
     assert markers(fresh) == {f"k{i}": i + 1 for i in range(10)}
     assert rig.notified() == [[t(f"k{i}") for i in range(10)]]
     fresh.close()
@@ -197,7 +198,7 @@ async def test_the_marker_and_the_value_commit_together_or_not_at_all(clock, tmp
             later = await rig.write("k2", b"v2")
             tg.cancel_scope.cancel()
     assert all(isinstance(h, sqlite3.DatabaseError) for h in heard), heard
-    assert store.all_items() == {t("k2"): b"v2"}
+    assert local_items(store) == {t("k2"): b"v2"}
     assert markers(store) == {"k2": later}
     store.close()
 
@@ -330,7 +331,7 @@ async def test_a_lock_right_after_a_group_is_taken_answers_its_callers_node_lock
             heard = [await outcome(r) for r in group]
             tg.cancel_scope.cancel()
     assert all(isinstance(h, NodeLocked) for h in heard), heard
-    assert store.commits == [] and store.all_items() == {} and markers(store) == {}
+    assert store.commits == [] and local_items(store) == {} and markers(store) == {}
     store.close()
 
 
@@ -362,5 +363,5 @@ async def test_a_lock_during_a_groups_commit_answers_every_caller(clock, tmp_pat
     assert heard[:4] == [None, 1, 2, None], heard
     assert all(isinstance(h, NodeLocked) for h in heard[4:]), heard
     assert recorded_versions(store)[StoreKind.KV] == 4
-    assert store.all_items() == {t("k1"): b"v", t("k2"): b"v"}
+    assert local_items(store) == {t("k1"): b"v", t("k2"): b"v"}
     store.close()

@@ -16,10 +16,9 @@ from actors.wallet_restorer import restore_wallet
 from fakevss import FakePort, FakeVssServer
 from node.config import NodeConfig
 from node.keys import derive_keys
-from node.mnemonic_vault import FAST_LIMITS
 from node.wallet_files import WalletHome
 from node.wallet_format import MANIFEST_KEY
-from nodeutil import MNEMONIC_A
+from nodeutil import FAST_LIMITS, MNEMONIC_A, local_items
 from vss.proto.vss_pb2 import KeyValue
 from vssnode.http_api import create_app
 
@@ -109,7 +108,7 @@ async def test_bad_namespaces_are_refused_and_nothing_is_stored(tmp_path, query,
         await unlocked(client)
         await assert_error(await client.put("/kv/k" + query, data=b"v"), 400, name)
         node = app.extensions["vssnode"]["node"]
-        assert node.store.all_items() == {}
+        assert local_items(node.store) == {}
 
 
 @pytest.mark.parametrize("key", ["a" * 121, "bad.key", "%C3%A9"])
@@ -119,7 +118,7 @@ async def test_bad_keys_are_refused(tmp_path, key):
         client = test_app.test_client()
         await unlocked(client)
         await assert_error(await client.put(f"/kv/{key}", data=b"v"), 400, "InvalidKey")
-        assert app.extensions["vssnode"]["node"].store.all_items() == {}
+        assert local_items(app.extensions["vssnode"]["node"].store) == {}
 
 
 async def test_oversized_value_is_413_and_not_stored(tmp_path):
@@ -129,7 +128,7 @@ async def test_oversized_value_is_413_and_not_stored(tmp_path):
         await unlocked(client)
         await assert_error(await client.put("/kv/k", data=b"x" * 1025), 413, "ValueTooLarge")
         assert (await client.put("/kv/k", data=b"x" * 1024)).status_code == 204
-        assert app.extensions["vssnode"]["node"].store.all_items() == {("", "", "k"): b"x" * 1024}
+        assert local_items(app.extensions["vssnode"]["node"].store) == {("", "", "k"): b"x" * 1024}
 
 
 @pytest.mark.parametrize(

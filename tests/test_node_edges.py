@@ -27,11 +27,10 @@ from node import crypto, errors, kv_keys
 from node.config import NodeConfig
 from node.data_dir import DataDirInUse
 from node.keys import NodeKeys, derive_keys, generate_mnemonic
-from node.mnemonic_vault import FAST_LIMITS
 from node.store import Triple
 from node.wallet_files import WalletHome
 from node.wallet_format import MANIFEST_KEY
-from nodeutil import wait_for
+from nodeutil import FAST_LIMITS, local_items, wait_for
 from vss.errors import InvalidRequestError, VssUnavailableError
 from vss.proto.vss_pb2 import KeyValue
 
@@ -83,7 +82,7 @@ async def test_a_wiped_server_is_refilled_and_the_node_stays_running(tmp_path):
         await wait_for(lambda: len(server_kv(server, keys)) == 31, what="the refill")
         await wait_for(lambda: settled(node), what="the wallet uploaded again")
         assert node.state is NodeState.RUNNING
-        assert server_kv(server, keys) == node.store.all_items()
+        assert server_kv(server, keys) == local_items(node.store)
         assert MANIFEST_KEY in server.values(keys.wallet_store_id)
         assert node.metrics.value("store_resets_total") == 2  # the KV store and the wallet store
 
@@ -104,7 +103,7 @@ async def test_a_server_wiped_while_the_node_was_stopped_is_refilled_at_unlock(t
     async with node_on(server, tmp_path / "a") as node:
         await node.unlock(PASSWORD)
         await wait_for(lambda: settled(node), what="the refill after unlock")
-        assert server_kv(server, keys) == node.store.all_items() and len(node.store.all_items()) == 10
+        assert server_kv(server, keys) == local_items(node.store) and len(local_items(node.store)) == 10
         assert (await node.backup_info())["backup_restorable"] is True
 
 
@@ -135,7 +134,7 @@ async def test_a_server_wiped_while_it_was_down_at_unlock_is_refilled_once_it_is
         await wait_for(lambda: len(server_kv(server, keys)) == 11, what="every key sent again")
         await wait_for(lambda: settled(node), what="the wallet uploaded again")
         assert node.state is NodeState.RUNNING
-        assert server_kv(server, keys) == node.store.all_items()
+        assert server_kv(server, keys) == local_items(node.store)
         restored = tmp_path / "restored"
         assert await restore_wallet(port, keys, WalletHome(tmp_path / "a", keys.fingerprint), dest=restored)
         assert (restored / "w").read_bytes() == b"wallet"
@@ -160,7 +159,7 @@ async def test_vss_enabled_while_the_server_is_down_owes_every_key(tmp_path):
         assert (await node.backup_info())["pending_kv_writes"] == 12
         port.down = False
         await wait_for(lambda: settled(node), timeout=30, what="the owed keys after the server came up")
-        assert server_kv(server, keys) == node.store.all_items()
+        assert server_kv(server, keys) == local_items(node.store)
 
 
 async def test_a_value_the_server_refuses_blocks_nothing_else(tmp_path):
@@ -189,7 +188,7 @@ async def test_a_value_the_server_refuses_blocks_nothing_else(tmp_path):
         await wait_for(lambda: settled(node), what="the value that changed")
         info = await node.backup_info()
         assert info["rejected_kv_writes"] == 0 and info["kv_error"] is None
-        assert server_kv(server, keys) == node.store.all_items()
+        assert server_kv(server, keys) == local_items(node.store)
 
 
 async def test_a_stale_node_given_the_store_back_is_refused_unless_it_accepts(tmp_path, caplog):

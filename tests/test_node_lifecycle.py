@@ -9,8 +9,7 @@ import pytest
 from actors import Node, NodeState
 from node import errors
 from node.config import NodeConfig
-from node.mnemonic_vault import FAST_LIMITS
-from nodeutil import MNEMONIC_A
+from nodeutil import FAST_LIMITS, MNEMONIC_A
 
 pytestmark = pytest.mark.anyio
 

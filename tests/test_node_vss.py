@@ -14,8 +14,7 @@ from actors import Node, NodeState
 from node import crypto, errors
 from node.config import NodeConfig
 from node.keys import derive_keys, generate_mnemonic
-from node.mnemonic_vault import FAST_LIMITS
-from nodeutil import SwitchableTransport, client_for, remote_kv, unlocked_node, wait_for
+from nodeutil import FAST_LIMITS, SwitchableTransport, client_for, local_items, remote_kv, unlocked_node, wait_for
 from vss.errors import NoSuchKeyError
 from vss.proto.vss_pb2 import KeyValue
 
@@ -50,7 +49,7 @@ async def test_write_is_local_at_once_and_reaches_the_server_encrypted(tmp_path,
             assert crypto.decrypt_value(keys.signing_key, stored.value) == b"hello"
             empty = await client.get_object(keys.kv_store_id, "_/_/manager")
             assert crypto.decrypt_value(keys.signing_key, empty.value) == b""
-            assert await remote_kv(client, keys) == node.store.all_items()
+            assert await remote_kv(client, keys) == local_items(node.store)
 
 
 async def _zero(node: Node) -> bool:
@@ -86,10 +85,10 @@ async def test_fresh_data_dir_restores_every_key(tmp_path, vss_server):
         await new.init("another password", mnemonic)
         with pytest.raises(errors.OwnershipConflict, match="vssclearfence"):
             await new.unlock("another password")
-        assert new.state is NodeState.LOCKED and new.store.all_items() == {}
+        assert new.state is NodeState.LOCKED and local_items(new.store) == {}
         assert await new.clear_fence("another password") is True
         await new.unlock("another password")
-        assert new.store.all_items() == written
+        assert local_items(new.store) == written
         info = new.info()
         assert info["restore"] == {
             "keys_listed": len(written), "listing_done": True,
@@ -145,8 +144,8 @@ async def test_writes_succeed_with_the_server_down_and_catch_up(tmp_path, vss_se
         transport.down = False
         await wait_for(lambda: _zero(node), timeout=30, what="catch-up without new writes")
         async with client_for(vss_server.url, keys) as client:
-            assert await remote_kv(client, keys) == node.store.all_items()
-        assert ("ns", "", "k3") not in node.store.all_items()
+            assert await remote_kv(client, keys) == local_items(node.store)
+        assert ("ns", "", "k3") not in local_items(node.store)
 
 
 async def test_server_down_at_restart_does_not_block_unlock(tmp_path, vss_server):
@@ -184,7 +183,7 @@ async def test_restore_refuses_values_it_cannot_decrypt(tmp_path, vss_server):
         with pytest.raises(errors.RestoreFailed, match="wrong mnemonic or corrupted"):
             await node.unlock(PASSWORD)
         assert node.state is NodeState.LOCKED
-        assert node.store.all_items() == {}
+        assert local_items(node.store) == {}
 
 
 async def test_allow_empty_restore_starts_empty_when_restore_fails(tmp_path, vss_server):
@@ -196,7 +195,7 @@ async def test_allow_empty_restore_starts_empty_when_restore_fails(tmp_path, vss
         await client.put_objects(keys.kv_store_id, [KeyValue(key="ns/_/bad", version=-1, value=bad)])
     async with unlocked_node(config(tmp_path / "a", vss_server.url, vss_allow_empty_restore=True), mnemonic, PASSWORD) as node:
         assert node.state is NodeState.RUNNING
-        assert node.store.all_items() == {}
+        assert local_items(node.store) == {}
 
 
 async def test_another_mnemonic_sees_nothing_of_this_backup(tmp_path, vss_server):
@@ -207,7 +206,7 @@ async def test_another_mnemonic_sees_nothing_of_this_backup(tmp_path, vss_server
     async with Node.open(config(tmp_path / "b", vss_server.url)) as stranger:
         await stranger.init(PASSWORD, generate_mnemonic())
         await stranger.unlock(PASSWORD)
-        assert stranger.store.all_items() == {}
+        assert local_items(stranger.store) == {}
 
 
 async def test_takeover_fences_out_the_old_owner(tmp_path, vss_server):
@@ -280,4 +279,4 @@ async def test_recovery_is_not_postponed_by_steady_writes(tmp_path, vss_server):
                 await wait_for(backlog_landed, timeout=30, what="backlog while writes go on")
                 stop.set()
             await wait_for(lambda: _zero(node), timeout=30)
-            assert await remote_kv(client, keys) == node.store.all_items()
+            assert await remote_kv(client, keys) == local_items(node.store)

@@ -32,6 +32,7 @@ from node import errors
 from node.store import LocalStore
 from node.wallet_files import WalletHome
 from node.wallet_format import CHUNK_SIZE, FINGERPRINT_KEY, MANIFEST_KEY, METADATA_KEY, metadata_document
+from nodeutil import local_items
 from vss.errors import AuthError, InternalServerError, VssUnavailableError
 from vss.proto.vss_pb2 import KeyValue
 
@@ -63,7 +64,7 @@ def seeded(count: int) -> tuple[FakeVssServer, dict[str, bytes]]:
 
 
 def live(store: LocalStore) -> dict[str, bytes]:
-    return {triple[2]: value for triple, value in store.all_items().items()}
+    return {triple[2]: value for triple, value in local_items(store).items()}
 
 
 @pytest.mark.trio
@@ -157,7 +158,7 @@ async def test_a_value_that_does_not_decrypt_fails_the_restore_and_nothing_is_li
     with anyio.fail_after(600):
         with pytest.raises(errors.RestoreFailed, match="k0123"):
             await restore_kv(server.port(), keys(), store, statuses.append, LIVE)
-        assert store.all_items() == {} and not store.has_state() and store.get_setting("restored-from") is None
+        assert local_items(store) == {} and not store.has_state() and store.get_setting("restored-from") is None
         assert not statuses[-1].finished
         seed_kv(server, {"k0123": kv["k0123"]})
         assert await restore_kv(server.port(), keys(), store, statuses.append, LIVE) == 300
@@ -202,7 +203,7 @@ async def test_a_call_that_keeps_failing_fails_the_restore_after_its_attempts(cl
     assert port.calls.count("get_object") == RETRY_ATTEMPTS
     shortest = replace(RETRY_BACKOFF, jitter=0.0)
     assert took >= sum(shortest.delay(n) for n in range(1, RETRY_ATTEMPTS))
-    assert store.all_items() == {}
+    assert local_items(store) == {}
 
 
 @pytest.mark.trio
@@ -217,7 +218,7 @@ async def test_a_failure_that_is_not_transient_is_not_retried(clock, store):
         with pytest.raises(errors.RestoreFailed):
             await restore_kv(port, keys(), store, lambda _: None, LIVE)
         assert anyio.current_time() == started
-    assert port.calls == ["list_key_versions"] and store.all_items() == {}
+    assert port.calls == ["list_key_versions"] and local_items(store) == {}
 
 
 def forged_manifest(chunk_count: int, total_size: int) -> bytes:

@@ -23,7 +23,6 @@ from actors.wallet_restorer import DEFAULT_CONCURRENCY
 from node import crypto, errors
 from node.config import NodeConfig
 from node.keys import NodeKeys, derive_keys, generate_mnemonic
-from node.mnemonic_vault import FAST_LIMITS
 from node.wallet_files import WalletHome
 from node.wallet_format import (
     CHUNK_KEY_PREFIX,
@@ -35,7 +34,7 @@ from node.wallet_format import (
     parse_manifest,
     parse_metadata,
 )
-from nodeutil import SwitchableTransport, client_for, snapshot, unlocked_node, wait_for
+from nodeutil import FAST_LIMITS, SwitchableTransport, client_for, local_items, snapshot, unlocked_node, wait_for
 from vss.proto import vss_pb2
 from vssnode.http_api import create_app
 from walletutil import restore_backup
@@ -536,11 +535,11 @@ async def test_an_unlock_refused_for_the_kv_stream_leaves_no_wallet_either(tmp_p
         with pytest.raises(errors.RestoreFailed, match="does not decrypt"):
             await fresh.unlock(PASSWORD)
         home = home_of(fresh, keys)
-        assert fresh.store.all_items() == {} and not home.root.exists()
+        assert local_items(fresh.store) == {} and not home.root.exists()
         async with client_for(vss_server.url, keys) as client:
             await client.delete_object(keys.kv_store_id, vss_pb2.KeyValue(key="ns/_/bad", version=-1))
         await fresh.unlock(PASSWORD)
-        assert fresh.store.all_items() == {("ns", "", "k"): b"v"} and snapshot(home.root) == local
+        assert local_items(fresh.store) == {("ns", "", "k"): b"v"} and snapshot(home.root) == local
         assert not home.staged.exists()
 
 

@@ -3,7 +3,7 @@
 The server's copy is read straight from the VSS server (never through the fault
 proxy) and decrypted with the mnemonic's key (`nodeutil.remote_kv`). The local copy
 is read from the node's SQLite file once the node is stopped or locked
-(`LocalStore.all_items()`), or over the running node's HTTP API. The two are compared
+(`local_items(LocalStore)`), or over the running node's HTTP API. The two are compared
 key by key; a mismatch fails with a diff that names the keys missing on either side
 and the values that differ.
 
@@ -26,7 +26,7 @@ from node.durable import make_private_dirs
 from node.keys import NodeKeys
 from node.store import LocalStore, Triple
 from node.wallet_files import WalletHome
-from nodeutil import client_for, remote_kv
+from nodeutil import client_for, local_items, remote_kv
 from vss.errors import NoSuchKeyError
 
 from .nodeproc import NodeProcess
@@ -68,7 +68,7 @@ def local_copy(data_dir: Path) -> dict[Triple, bytes]:
     """Every key and value of the node's `kv` table; the node must be stopped or locked."""
     store = _open(data_dir)
     try:
-        return store.all_items()
+        return local_items(store)
     finally:
         store.close()
 

@@ -17,8 +17,7 @@ import trio
 from actors import Node
 from node.config import NodeConfig
 from node.keys import derive_keys, generate_mnemonic
-from node.mnemonic_vault import FAST_LIMITS
-from nodeutil import wait_for
+from nodeutil import FAST_LIMITS, wait_for
 
 from .checker import assert_same, local_copy, server_copy
 from .harness import PASSWORD, SOAK, stamp
