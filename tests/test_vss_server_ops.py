@@ -291,23 +291,44 @@ def test_several_workers_share_one_address_and_aggregate_metrics(launch) -> None
 # -- hostile bodies against a real process ---------------------------------------------------------
 
 
+def _peak_rss_bytes(pid: int) -> int:
+    """The process's high-water mark of resident memory (VmHWM), from /proc."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError(f"no VmHWM in /proc/{pid}/status")
+
+
+HOSTILE_PEAK_GROWTH = 50 * 1024 * 1024
+"""How much the server's peak memory may grow across one hostile putObjects: the 9.5 MiB
+body and a copy or two of it (about 20 MiB measured). Decoding its five million items,
+which the wire scan spares, grew it by about 600 MiB."""
+
+
 def test_a_body_of_millions_of_items_is_400_and_the_server_keeps_serving(launch) -> None:
     server = launch()
     assert _post(server.url, "putObjects", _put(key="before")).status_code == 200
-    hostile = pb.PutObjectRequest(store_id="ops").SerializeToString() + b"\x22\x00" * 5_000_000  # 9.5 MiB
+    # a real item first, so a server that decoded the body and wrote what it could would show it
+    hostile = _put(key="smuggled").SerializeToString() + b"\x22\x00" * 5_000_000  # 9.5 MiB
     answers: list[int] = []
 
     def reader() -> None:  # a getObject alongside the hostile call
         answers.append(_post(server.url, "getObject", pb.GetObjectRequest(store_id="ops", key="before")).status_code)
 
+    peak_before = _peak_rss_bytes(server.process.pid)
     thread = threading.Thread(target=reader)
     thread.start()
     refused = _post(server.url, "putObjects", hostile)
     thread.join(timeout=30)
+    peak_growth = _peak_rss_bytes(server.process.pid) - peak_before
     assert refused.status_code == 400
     assert pb.ErrorResponse.FromString(refused.content).error_code == pb.INVALID_REQUEST_EXCEPTION
+    assert peak_growth < HOSTILE_PEAK_GROWTH, f"the server's peak memory grew by {peak_growth / 2**20:.0f} MiB"
     assert answers == [200]
     assert _post(server.url, "getObject", pb.GetObjectRequest(store_id="ops", key="before")).status_code == 200
+    smuggled = _post(server.url, "getObject", pb.GetObjectRequest(store_id="ops", key="smuggled"))
+    assert smuggled.status_code == 404
+    assert pb.ErrorResponse.FromString(smuggled.content).error_code == pb.NO_SUCH_KEY_EXCEPTION
     assert "Traceback" not in server.log()
 
 
