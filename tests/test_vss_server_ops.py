@@ -7,6 +7,7 @@ which the server prints only once its socket listens and its database is open.
 
 from __future__ import annotations
 
+import base64
 import os
 import re
 import signal
@@ -335,9 +336,13 @@ def test_a_body_of_millions_of_items_is_400_and_the_server_keeps_serving(launch)
 def test_bad_numbers_are_4xx_and_leave_no_traceback(launch) -> None:
     server = launch()
     huge_token = "OTk5" * 2000  # base64 of thousands of 9s
-    reply = _post(server.url, "listKeyVersions", pb.ListKeyVersionsRequest(store_id="ops", page_token=huge_token))
-    assert reply.status_code == 400
+    past_int64 = base64.urlsafe_b64encode(str(2**63).encode()).rstrip(b"=").decode()  # as short as our tokens
+    for token in (huge_token, past_int64):
+        reply = _post(server.url, "listKeyVersions", pb.ListKeyVersionsRequest(store_id="ops", page_token=token))
+        assert reply.status_code == 400, token
+        assert pb.ErrorResponse.FromString(reply.content).error_code == pb.INVALID_REQUEST_EXCEPTION
     long_time = sign_header(KEY)[:194] + "9" * 5000
     reply = _post(server.url, "getObject", pb.GetObjectRequest(store_id="ops", key="k"), headers={"Authorization": long_time})
     assert reply.status_code == 401
+    assert _post(server.url, "putObjects", _put()).status_code == 200  # still serving
     assert "Traceback" not in server.log() and "ERROR" not in server.log()
