@@ -59,6 +59,18 @@ def test_a_lone_surrogate_password_is_400_not_500(tmp_path):
         assert state(node) == "uninitialized"
 
 
+def test_deeply_nested_json_is_400_not_500(tmp_path):
+    """Attack: a JSON body nested 200,000 levels deep, which Python's parser gives up on
+    with a RecursionError. Expected: 400 like any other unreadable body, nothing run,
+    no traceback in the log, and the node still serving."""
+    with running_node(tmp_path / "n") as node:
+        depth = 200_000
+        nested = b'{"password": ' + b"[" * depth + b"]" * depth + b"}"
+        refused(httpx.post(f"{node.url}/init", content=nested, headers=JSON), 400, "InvalidRequest")
+        assert state(node) == "uninitialized" and node.process.poll() is None
+        assert "Traceback" not in node.log_text() and "ERROR" not in node.log_text()
+
+
 def test_the_api_token_comes_from_a_file_or_the_environment_never_the_command_line(tmp_path):
     token = "t0ken-" + os.urandom(8).hex()
     token_file = tmp_path / "token"
