@@ -333,6 +333,23 @@ def test_a_body_of_millions_of_items_is_400_and_the_server_keeps_serving(launch)
     assert "Traceback" not in server.log()
 
 
+def test_deeply_nested_bodies_are_400(launch) -> None:
+    """The VSS messages have no recursive fields; the only nesting a parser walks is an
+    unknown group's, which protobuf stops at its depth limit (putObjects refuses groups
+    in its wire scan already)."""
+    server = launch()
+    depth = 200_000
+    nested = b"\x7b" * depth + b"\x7c" * depth  # start and end of group field 15, nested
+    for call in ("getObject", "putObjects", "deleteObject", "listKeyVersions"):
+        reply = _post(server.url, call, nested)
+        assert reply.status_code == 400, call
+        assert pb.ErrorResponse.FromString(reply.content).error_code == pb.INVALID_REQUEST_EXCEPTION
+    listed = _post(server.url, "listKeyVersions", pb.ListKeyVersionsRequest(store_id="ops"))
+    assert not pb.ListKeyVersionsResponse.FromString(listed.content).key_versions  # nothing stored
+    assert _post(server.url, "putObjects", _put()).status_code == 200  # still serving
+    assert "Traceback" not in server.log()
+
+
 def test_bad_numbers_are_4xx_and_leave_no_traceback(launch) -> None:
     server = launch()
     huge_token = "OTk5" * 2000  # base64 of thousands of 9s
