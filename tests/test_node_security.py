@@ -6,16 +6,24 @@ nothing and to leave the process serving.
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import socket
 import stat
+import subprocess
+import sys
+import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import httpx
 import pytest
 
 from conftest import free_loopback_port
+from node import errors
 from noderun import JSON, RunningNode, running_node, vssnode
 from nodeutil import MNEMONIC_A
+from vssnode.api_guard import check_caller
 
 
 def state(node: RunningNode, **headers: str) -> str:
@@ -69,6 +77,72 @@ def test_deeply_nested_json_is_400_not_500(tmp_path):
         refused(httpx.post(f"{node.url}/init", content=nested, headers=JSON), 400, "InvalidRequest")
         assert state(node) == "uninitialized" and node.process.poll() is None
         assert "Traceback" not in node.log_text() and "ERROR" not in node.log_text()
+
+
+def non_loopback_address() -> str | None:
+    """An IPv4 address of this machine other than loopback, if it has one (no packet is sent)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(("198.51.100.1", 9))  # TEST-NET-2: only asks the routing table
+        except OSError:
+            return None
+        address = probe.getsockname()[0]
+    return None if ipaddress.ip_address(address).is_loopback else address
+
+
+def test_plain_hypercorn_on_all_addresses_without_a_token_answers_loopback_only(tmp_path):
+    """Attack: the operator serves `hypercorn vssnode.asgi:app --bind 0.0.0.0:P` without a
+    token (`vssnode run` would refuse that --listen; plain hypercorn cannot), and a
+    machine on the network posts /init naming the node's address as Host. Expected: 403
+    ApiTokenRequired, nothing run, while the same process answers on loopback."""
+    address = non_loopback_address()
+    if address is None:
+        pytest.skip("this machine has no address but loopback; test_check_caller_refuses_... covers the guard")
+    with socket.socket() as sock:
+        sock.bind(("0.0.0.0", 0))
+        port = sock.getsockname()[1]
+    env = {**os.environ, "VSSNODE_DATA_DIR": str(tmp_path / "n")}
+    env.pop("VSSNODE_API_TOKEN", None)
+    log = tmp_path / "hypercorn.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen([str(Path(sys.executable).with_name("hypercorn")), "vssnode.asgi:app",
+                                    "--bind", f"0.0.0.0:{port}"], env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        local = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                httpx.get(f"{local}/nodeinfo", timeout=2)
+                break
+            except httpx.TransportError:
+                assert process.poll() is None and time.monotonic() < deadline, log.read_text(errors="replace")
+                time.sleep(0.05)  # poll interval, bounded by the deadline
+        remote = f"http://{address}:{port}"
+        refused(httpx.post(f"{remote}/init", json={"password": "pw"}), 403, "ApiTokenRequired")
+        answer = httpx.get(f"{remote}/nodeinfo")
+        refused(answer, 403, "ApiTokenRequired")
+        assert "API token" in answer.json()["error"]
+        assert httpx.get(f"{local}/nodeinfo").json()["state"] == "uninitialized"  # nothing ran, still serving
+        assert process.poll() is None and "Traceback" not in log.read_text(errors="replace")
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def test_check_caller_refuses_a_non_loopback_server_address_without_a_token():
+    """The guard itself, for machines without a non-loopback address: the ASGI scope's
+    `server` is where the request came in."""
+    def request(server: tuple[str, int] | None, host: str) -> SimpleNamespace:
+        return SimpleNamespace(scope={"server": server}, headers={"Host": host})
+
+    for server in (("192.0.2.2", 3001), ("::", 3001), ("fd00::2", 3001), ("::ffff:192.0.2.2", 3001)):
+        host = f"[{server[0]}]:3001" if ":" in server[0] else f"{server[0]}:3001"
+        with pytest.raises(errors.ApiTokenRequired):
+            check_caller(request(server, host), None)
+        check_caller(SimpleNamespace(scope={"server": server}, headers={"Authorization": "Bearer t"}), "t")
+    for server in (("127.0.0.1", 3001), ("::1", 3001), ("::ffff:127.0.0.1", 3001)):
+        check_caller(request(server, "localhost:3001"), None)
+    check_caller(request(None, "localhost"), None)  # no TCP address: a Unix socket, an in-process client
 
 
 def test_the_api_token_comes_from_a_file_or_the_environment_never_the_command_line(tmp_path):
