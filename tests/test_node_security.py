@@ -6,10 +6,13 @@ nothing and to leave the process serving.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import os
 import socket
+import sqlite3
 import stat
+import struct
 import subprocess
 import sys
 import time
@@ -17,10 +20,11 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import httpx
+import nacl.pwhash.argon2id as argon2id
 import pytest
 
 from conftest import free_loopback_port
-from node import errors
+from node import errors, settings
 from noderun import JSON, RunningNode, running_node, vssnode
 from nodeutil import MNEMONIC_A
 from vssnode.api_guard import check_caller
@@ -179,7 +183,17 @@ def test_refused_configurations_exit_2_with_one_line(tmp_path, args, expected):
     assert not (tmp_path / "d").exists()
 
 
-def test_files_are_private_and_a_readable_data_dir_is_tightened(tmp_path):
+def sealed_vault_limits(data_dir: Path) -> tuple[int, int]:
+    """(opslimit, memlimit) of the vault that init stored, read from the database file:
+    the blob starts with version (1 byte), opslimit (uint32 BE), memlimit (uint64 BE)."""
+    with contextlib.closing(sqlite3.connect(data_dir / "node.sqlite3")) as db:
+        (blob,) = db.execute("SELECT value FROM settings WHERE name = ?", (settings.SEALED_MNEMONIC,)).fetchone()
+    version, opslimit, memlimit = struct.unpack_from(">BIQ", blob)
+    assert version == 1
+    return opslimit, memlimit
+
+
+def test_files_are_private_the_vault_costly_and_a_readable_data_dir_is_tightened(tmp_path, umask_022):
     data = tmp_path / "n"
     data.mkdir(mode=0o755)
     os.chmod(data, 0o755)
@@ -189,6 +203,8 @@ def test_files_are_private_and_a_readable_data_dir_is_tightened(tmp_path):
         assert httpx.put(f"{node.url}/kv/k", content=b"secret").status_code == 204
         assert httpx.put(f"{node.url}/wallet/files/dir/f", content=b"wallet").status_code == 204
         assert "made it 700" in node.log_text()
+    opslimit, memlimit = sealed_vault_limits(data)  # what `vssnode run` seals with, not a test's cheap limits
+    assert opslimit >= argon2id.OPSLIMIT_MODERATE and memlimit >= argon2id.MEMLIMIT_MODERATE
     assert stat.S_IMODE(data.stat().st_mode) == 0o700
     for path in data.rglob("*"):
         mode = stat.S_IMODE(path.lstat().st_mode)

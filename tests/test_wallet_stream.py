@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -478,17 +478,6 @@ async def test_interrupted_restore_leaves_nothing_and_is_run_again(tmp_path, vss
         assert snapshot(home.root) == local
         assert sorted(p.name for p in home.parent.iterdir()) == [".work", keys.fingerprint]
         assert list(home.work_dir.iterdir()) == []
-
-
-@pytest.fixture
-def umask_022() -> Iterator[None]:
-    """The common default umask, which lets group and others read: a file the node
-    creates is private only because the node asks for 0600, not by the runner's luck."""
-    previous = os.umask(0o022)
-    try:
-        yield
-    finally:
-        os.umask(previous)
 
 
 async def test_a_restored_wallet_is_private_under_a_permissive_umask(tmp_path, vss_server, umask_022):
