@@ -22,6 +22,7 @@ from types import SimpleNamespace
 import httpx
 import nacl.pwhash.argon2id as argon2id
 import pytest
+from werkzeug.datastructures import Headers
 
 from conftest import free_loopback_port
 from node import errors, settings
@@ -39,6 +40,19 @@ def refused(response: httpx.Response, status: int, name: str) -> None:
     assert response.json()["name"] == name
 
 
+def raw_status(port: int, request: bytes) -> int:
+    """The status code of one raw HTTP/1.1 request (for what httpx refuses to send)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(request)
+        answer = b""
+        while b"\r\n" not in answer:
+            chunk = sock.recv(4096)
+            if not chunk:
+                break
+            answer += chunk
+    return int(answer.split(b" ", 2)[1])
+
+
 def test_cross_site_requests_and_dns_rebinding_are_refused(tmp_path):
     """Attack: a page in the operator's browser posts to the loopback node (a text/plain
     form post with another Origin, a fetch marked cross-site), or a rebinding page sends
@@ -54,6 +68,18 @@ def test_cross_site_requests_and_dns_rebinding_are_refused(tmp_path):
         refused(httpx.post(init, content=body, headers={**JSON, "Host": f"evil.example:{node.port}"}), 403,
                 "ForbiddenOrigin")
         refused(httpx.get(f"{node.url}/kv?primary=p", headers={"Host": "evil.example"}), 403, "ForbiddenOrigin")
+        # this node's address with another port is another server (another node, a rebinding page's listener)
+        refused(httpx.post(init, content=body, headers={**JSON, "Host": f"127.0.0.1:{node.port + 1}"}), 403,
+                "ForbiddenOrigin")
+        # every Origin counts, not the first one only
+        for origins in ([node.url, "http://evil.example"], ["http://evil.example", node.url]):
+            headers = [("Content-Type", "application/json"), *(("Origin", origin) for origin in origins)]
+            refused(httpx.post(init, content=body, headers=headers), 403, "ForbiddenOrigin")
+        refused(httpx.post(init, content=body, headers=[*JSON.items(), ("Sec-Fetch-Site", "same-origin"),
+                                                        ("Sec-Fetch-Site", "cross-site")]), 403, "ForbiddenOrigin")
+        assert raw_status(node.port, f"POST /init HTTP/1.1\r\nHost: 127.0.0.1:{node.port}\r\nHost: evil.example\r\n"
+                          f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body
+                          ) in (400, 403)  # two Hosts: the HTTP parser's refusal or the guard's
         refused(httpx.post(init, content=body, headers={"Content-Type": "text/plain"}), 415, "UnsupportedMediaType")
         refused(httpx.post(init, content=body), 415, "UnsupportedMediaType")
         assert state(node) == "uninitialized" and node.process.poll() is None
@@ -137,13 +163,13 @@ def test_check_caller_refuses_a_non_loopback_server_address_without_a_token():
     """The guard itself, for machines without a non-loopback address: the ASGI scope's
     `server` is where the request came in."""
     def request(server: tuple[str, int] | None, host: str) -> SimpleNamespace:
-        return SimpleNamespace(scope={"server": server}, headers={"Host": host})
+        return SimpleNamespace(scope={"server": server}, headers=Headers({"Host": host}))
 
     for server in (("192.0.2.2", 3001), ("::", 3001), ("fd00::2", 3001), ("::ffff:192.0.2.2", 3001)):
         host = f"[{server[0]}]:3001" if ":" in server[0] else f"{server[0]}:3001"
         with pytest.raises(errors.ApiTokenRequired):
             check_caller(request(server, host), None)
-        check_caller(SimpleNamespace(scope={"server": server}, headers={"Authorization": "Bearer t"}), "t")
+        check_caller(SimpleNamespace(scope={"server": server}, headers=Headers({"Authorization": "Bearer t"})), "t")
     for server in (("127.0.0.1", 3001), ("::1", 3001), ("::ffff:127.0.0.1", 3001)):
         check_caller(request(server, "localhost:3001"), None)
     check_caller(request(None, "localhost"), None)  # no TCP address: a Unix socket, an in-process client

@@ -14,6 +14,7 @@ opens can send requests to `127.0.0.1:3001`. So a request
   `[::1]`, with its port. A DNS-rebinding page names its own host and is refused;
 - must not carry an `Origin` other than `http://` + that Host, nor
   `Sec-Fetch-Site: cross-site`, which browsers add to another site's requests.
+  Each value of a repeated header is checked; two Host headers are refused.
 Refusals are `403 ForbiddenOrigin`; nothing runs.
 """
 
@@ -41,15 +42,17 @@ def check_caller(request: Any, api_token: str | None) -> None:
             "this node has no API token, so it answers on loopback only; set one (--api-token-file or "
             "VSSNODE_API_TOKEN) to call it from other machines"
         )
-    host = request.headers.get("Host", "")
-    if host not in allowed_hosts(request.scope.get("server")):
+    # Every value of a repeated header counts: a check of the first one alone would let a
+    # request pass that another reader of the headers (a proxy, the app) takes otherwise.
+    hosts = request.headers.getlist("Host")
+    host = hosts[0] if len(hosts) == 1 else ""
+    if host not in allowed_hosts(server):
         raise errors.ForbiddenOrigin(
-            f"Host {host[:100]!r} is not this node; call it as http://127.0.0.1:PORT (or set an API token)"
+            f"Host {', '.join(hosts)[:100]!r} is not this node; call it as http://127.0.0.1:PORT (or set an API token)"
         )
-    origin = request.headers.get("Origin")
-    if origin is not None and origin != f"http://{host}":
+    if any(origin != f"http://{host}" for origin in request.headers.getlist("Origin")):
         raise errors.ForbiddenOrigin("requests from another site's page are refused; set an API token for remote use")
-    if request.headers.get("Sec-Fetch-Site", "").lower() == "cross-site":
+    if any(site.lower() == "cross-site" for site in request.headers.getlist("Sec-Fetch-Site")):
         raise errors.ForbiddenOrigin("requests from another site's page are refused; set an API token for remote use")
 
 
