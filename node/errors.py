@@ -73,6 +73,12 @@ class ForbiddenOrigin(NodeError):
     status = 403
 
 
+class ApiTokenRequired(NodeError):
+    """A node without an API token was reached on an address other than loopback."""
+
+    status = 403
+
+
 class NotFound(NodeError):
     """No such key or wallet file."""
 

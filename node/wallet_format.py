@@ -96,7 +96,7 @@ def fingerprint_document(fingerprint: str) -> bytes:
 def _json_object(data: bytes, what: str) -> dict[str, Any]:
     try:
         value = json.loads(data)
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, RecursionError):  # RecursionError: nested deeper than the parser goes
         raise CorruptBackup(f"{what} is not valid JSON") from None
     if not isinstance(value, dict):
         raise CorruptBackup(f"{what} is not a JSON object")

@@ -4,6 +4,8 @@
   (`python -m vss.server`, SQLite in a temp dir, signature auth) on a free loopback
   port; `.url` is its base URL ending in /vss, `.process` the Popen.
 - `spawn_vss_server`: starts further server subprocesses for one test, stops them after.
+- `umask_022`: the process umask set to 022 for one test (and the processes it starts),
+  so a file meant to be private is checked to be so by the code's own doing.
 - `postgres_dsn` (session): a DSN for the PostgreSQL test database
   (postgresql://127.0.0.1:5432/test, user from PGUSER or the current user, falling
   back to `postgres`; VSS_TEST_POSTGRES_DSN overrides). Skips, loudly, only when no
@@ -158,6 +160,17 @@ def _probe_postgres(dsn: str) -> None:
     # A thread of its own: no event loop of the test runner is disturbed.
     with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
         pool.submit(asyncio.run, probe()).result()
+
+
+@pytest.fixture
+def umask_022() -> Iterator[None]:
+    """The common default umask, which lets group and others read: a file the node
+    creates is private only because the node asks for 0600, not by the runner's luck."""
+    previous = os.umask(0o022)
+    try:
+        yield
+    finally:
+        os.umask(previous)
 
 
 @pytest.fixture(scope="session")

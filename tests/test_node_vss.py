@@ -6,20 +6,23 @@ server. Waits are on conditions with deadlines, never fixed sleeps.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from pathlib import Path
 
+import httpx
 import pytest
 
-from actors import Node, NodeState
+from actors import Node, NodeState, restorer
 from node import crypto, errors
 from node.config import NodeConfig
 from node.keys import derive_keys, generate_mnemonic
 from nodeutil import FAST_LIMITS, SwitchableTransport, client_for, local_items, remote_kv, unlocked_node, wait_for
 from vss.errors import NoSuchKeyError
-from vss.proto.vss_pb2 import KeyValue
+from vss.proto.vss_pb2 import GetObjectRequest, KeyValue
 
 pytestmark = pytest.mark.anyio
 PASSWORD = "correct horse"
+MiB = 1024 * 1024
 
 
 @pytest.fixture
@@ -184,6 +187,63 @@ async def test_restore_refuses_values_it_cannot_decrypt(tmp_path, vss_server):
             await node.unlock(PASSWORD)
         assert node.state is NodeState.LOCKED
         assert local_items(node.store) == {}
+
+
+class EndlessGetObject(httpx.AsyncBaseTransport):
+    """The real transport, except that getObject of `key` is answered 200 with an endless
+    body (up to 64 MiB, so a client that reads it all fails the test, not the machine);
+    `pulled` records what the client read of each such answer."""
+
+    def __init__(self, key: str) -> None:
+        self._inner = httpx.AsyncHTTPTransport()
+        self._key = key
+        self.pulled: list[int] = []
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/getObject"):
+            if GetObjectRequest.FromString(await request.aread()).key == self._key:
+                self.pulled.append(0)
+                return httpx.Response(200, stream=self._endless(len(self.pulled) - 1))
+        return await self._inner.handle_async_request(request)
+
+    def _endless(self, index: int) -> httpx.AsyncByteStream:
+        pulled = self.pulled
+
+        class Endless(httpx.AsyncByteStream):
+            async def __aiter__(self) -> AsyncIterator[bytes]:
+                while pulled[index] < 64 * MiB:
+                    pulled[index] += 64 * 1024
+                    yield b"\x00" * (64 * 1024)
+
+        return Endless()
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
+async def test_restore_refuses_a_response_larger_than_any_value_can_be(tmp_path, vss_server, monkeypatch):
+    """Fault: the server (or a proxy) answers one getObject of the restore with a body far
+    larger than the node's largest value. Expected: the node reads no more than that value
+    plus headroom (never the client's 65 MiB default), unlock fails with RestoreFailed,
+    and nothing is stored."""
+    monkeypatch.setattr(restorer, "RETRY_ATTEMPTS", 1)  # the client's own quick retries suffice here
+    mnemonic = generate_mnemonic()
+    keys = derive_keys(mnemonic)
+    async with client_for(vss_server.url, keys) as client:
+        value = crypto.encrypt_value(keys.signing_key, b"fine")
+        await client.put_objects(keys.kv_store_id, [KeyValue(key="ns/_/k", version=-1, value=value)])
+    transport = EndlessGetObject("ns/_/k")
+    max_value = 64 * 1024
+    async with Node.open(config(tmp_path / "a", vss_server.url, max_value_bytes=max_value),
+                         vss_transport=transport) as node:
+        await node.init(PASSWORD, mnemonic)
+        with pytest.raises(errors.RestoreFailed, match="more than"):
+            await node.unlock(PASSWORD)
+        assert node.state is NodeState.LOCKED
+        assert node.store.all_items() == {}
+    assert transport.pulled, "the restore never fetched the value"
+    headroom = 2 * MiB  # the node's cap is the largest value, an eighth more, and 1 MiB
+    assert all(pulled <= max_value + headroom for pulled in transport.pulled), transport.pulled
 
 
 async def test_allow_empty_restore_starts_empty_when_restore_fails(tmp_path, vss_server):

@@ -20,12 +20,16 @@ from hypercorn.utils import LifespanFailureError
 from vss.serve import CannotListen, format_listen, is_loopback_host, parse_listen, serve_until_signalled
 
 
-@pytest.mark.parametrize("host", ["localhost", "LOCALHOST", "127.0.0.1", "127.8.9.10", "::1", "[::1]"])
+@pytest.mark.parametrize(
+    "host", ["localhost", "LOCALHOST", "127.0.0.1", "127.8.9.10", "::1", "[::1]", "::ffff:127.0.0.1"]
+)
 def test_loopback_hosts(host: str) -> None:
     assert is_loopback_host(host)
 
 
-@pytest.mark.parametrize("host", ["0.0.0.0", "::", "192.168.1.2", "example.com", "128.0.0.1", "localhost.example", ""])
+@pytest.mark.parametrize(
+    "host", ["0.0.0.0", "::", "192.168.1.2", "example.com", "128.0.0.1", "localhost.example", "", "::ffff:192.0.2.2"]
+)
 def test_other_hosts_are_not_loopback(host: str) -> None:
     assert not is_loopback_host(host)
 

@@ -7,6 +7,7 @@ which the server prints only once its socket listens and its database is open.
 
 from __future__ import annotations
 
+import base64
 import os
 import re
 import signal
@@ -399,32 +400,74 @@ def test_several_workers_share_one_address_and_aggregate_metrics(launch) -> None
 # -- hostile bodies against a real process ---------------------------------------------------------
 
 
+def _peak_rss_bytes(pid: int) -> int:
+    """The process's high-water mark of resident memory (VmHWM), from /proc."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError(f"no VmHWM in /proc/{pid}/status")
+
+
+HOSTILE_PEAK_GROWTH = 50 * 1024 * 1024
+"""How much the server's peak memory may grow across one hostile putObjects: the 9.5 MiB
+body and a copy or two of it (about 20 MiB measured). Decoding its five million items,
+which the wire scan spares, grew it by about 600 MiB."""
+
+
 def test_a_body_of_millions_of_items_is_400_and_the_server_keeps_serving(launch) -> None:
     server = launch()
     assert _post(server.url, "putObjects", _put(key="before")).status_code == 200
-    hostile = pb.PutObjectRequest(store_id="ops").SerializeToString() + b"\x22\x00" * 5_000_000  # 9.5 MiB
+    # a real item first, so a server that decoded the body and wrote what it could would show it
+    hostile = _put(key="smuggled").SerializeToString() + b"\x22\x00" * 5_000_000  # 9.5 MiB
     answers: list[int] = []
 
     def reader() -> None:  # a getObject alongside the hostile call
         answers.append(_post(server.url, "getObject", pb.GetObjectRequest(store_id="ops", key="before")).status_code)
 
+    peak_before = _peak_rss_bytes(server.process.pid)
     thread = threading.Thread(target=reader)
     thread.start()
     refused = _post(server.url, "putObjects", hostile)
     thread.join(timeout=30)
+    peak_growth = _peak_rss_bytes(server.process.pid) - peak_before
     assert refused.status_code == 400
     assert pb.ErrorResponse.FromString(refused.content).error_code == pb.INVALID_REQUEST_EXCEPTION
+    assert peak_growth < HOSTILE_PEAK_GROWTH, f"the server's peak memory grew by {peak_growth / 2**20:.0f} MiB"
     assert answers == [200]
     assert _post(server.url, "getObject", pb.GetObjectRequest(store_id="ops", key="before")).status_code == 200
+    smuggled = _post(server.url, "getObject", pb.GetObjectRequest(store_id="ops", key="smuggled"))
+    assert smuggled.status_code == 404
+    assert pb.ErrorResponse.FromString(smuggled.content).error_code == pb.NO_SUCH_KEY_EXCEPTION
+    assert "Traceback" not in server.log()
+
+
+def test_deeply_nested_bodies_are_400(launch) -> None:
+    """The VSS messages have no recursive fields; the only nesting a parser walks is an
+    unknown group's, which protobuf stops at its depth limit (putObjects refuses groups
+    in its wire scan already)."""
+    server = launch()
+    depth = 200_000
+    nested = b"\x7b" * depth + b"\x7c" * depth  # start and end of group field 15, nested
+    for call in ("getObject", "putObjects", "deleteObject", "listKeyVersions"):
+        reply = _post(server.url, call, nested)
+        assert reply.status_code == 400, call
+        assert pb.ErrorResponse.FromString(reply.content).error_code == pb.INVALID_REQUEST_EXCEPTION
+    listed = _post(server.url, "listKeyVersions", pb.ListKeyVersionsRequest(store_id="ops"))
+    assert not pb.ListKeyVersionsResponse.FromString(listed.content).key_versions  # nothing stored
+    assert _post(server.url, "putObjects", _put()).status_code == 200  # still serving
     assert "Traceback" not in server.log()
 
 
 def test_bad_numbers_are_4xx_and_leave_no_traceback(launch) -> None:
     server = launch()
     huge_token = "OTk5" * 2000  # base64 of thousands of 9s
-    reply = _post(server.url, "listKeyVersions", pb.ListKeyVersionsRequest(store_id="ops", page_token=huge_token))
-    assert reply.status_code == 400
+    past_int64 = base64.urlsafe_b64encode(str(2**63).encode()).rstrip(b"=").decode()  # as short as our tokens
+    for token in (huge_token, past_int64):
+        reply = _post(server.url, "listKeyVersions", pb.ListKeyVersionsRequest(store_id="ops", page_token=token))
+        assert reply.status_code == 400, token
+        assert pb.ErrorResponse.FromString(reply.content).error_code == pb.INVALID_REQUEST_EXCEPTION
     long_time = sign_header(KEY)[:194] + "9" * 5000
     reply = _post(server.url, "getObject", pb.GetObjectRequest(store_id="ops", key="k"), headers={"Authorization": long_time})
     assert reply.status_code == 401
+    assert _post(server.url, "putObjects", _put()).status_code == 200  # still serving
     assert "Traceback" not in server.log() and "ERROR" not in server.log()

@@ -371,6 +371,7 @@ def test_parsers_accept_compact_json():
         b'{"chunk_count": 1, "total_size": 1048577, "encrypted": true, "version": 1}',
         b'{"chunk_count": 1000000, "total_size": 1048576000000, "encrypted": true, "version": 1}',
         b'{"chunk_count": 1000000, "total_size": 28, "encrypted": true, "version": 1}',
+        b"[" * 200_000 + b"]" * 200_000,  # deeper than the JSON parser recurses
     ],
 )
 def test_bad_manifests(manifest):

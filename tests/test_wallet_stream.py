@@ -10,6 +10,7 @@ node's directory byte for byte.
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -476,6 +477,24 @@ async def test_interrupted_restore_leaves_nothing_and_is_run_again(tmp_path, vss
         assert snapshot(home.root) == local
         assert sorted(p.name for p in home.parent.iterdir()) == [".work", keys.fingerprint]
         assert list(home.work_dir.iterdir()) == []
+
+
+async def test_a_restored_wallet_is_private_under_a_permissive_umask(tmp_path, vss_server, umask_022):
+    mnemonic = generate_mnemonic()
+    keys = derive_keys(mnemonic)
+    files = {"wallet.sqlite": os.urandom(5000), "db/nested/state.json": b"{}", "keys/seed": b"secret"}
+    async with unlocked_node(config(tmp_path / "old", vss_server.url), mnemonic, PASSWORD) as old:
+        await write_all(old, files)
+        await old.backup_now()
+    async with new_owner(tmp_path, vss_server.url, mnemonic, "new") as new:
+        await new.unlock(PASSWORD)
+        home = home_of(new, keys)
+        assert {path: home.root.joinpath(path).read_bytes() for path in files} == files  # restored
+        data_dir = new.config.data_dir
+        assert stat.S_IMODE(data_dir.stat().st_mode) == 0o700
+        for path in data_dir.rglob("*"):
+            mode = stat.S_IMODE(path.lstat().st_mode)
+            assert mode == (0o700 if path.is_dir() else 0o600), f"{path.relative_to(data_dir)} is {mode:o}"
 
 
 async def test_restore_refuses_a_backup_of_another_wallet(tmp_path, vss_server):

@@ -76,14 +76,18 @@ def format_listen(host: str, port: int) -> str:
 
 
 def is_loopback_host(host: str) -> bool:
-    """True for `localhost`, 127.0.0.0/8 and ::1 (brackets allowed): only this machine can connect."""
+    """True for `localhost`, 127.0.0.0/8 and ::1 (brackets allowed), also as IPv4-mapped
+    IPv6 (::ffff:127.0.0.1, how a dual-stack socket sees a loopback IPv4 peer): only this
+    machine can connect."""
     host = host.strip("[]")
     if host.lower() == "localhost":
         return True
     try:
-        return ipaddress.ip_address(host).is_loopback
+        address = ipaddress.ip_address(host)
     except ValueError:
         return False
+    mapped = address.ipv4_mapped if isinstance(address, ipaddress.IPv6Address) else None
+    return (mapped or address).is_loopback
 
 
 async def serve_until_signalled(

@@ -3,14 +3,18 @@
 With an API token, a request must carry `Authorization: Bearer TOKEN` (compared in
 constant time); nothing else is asked, so scripts and other machines can call it.
 
-Without one (the default; the node then listens on loopback only), the browser on the
-operator's machine is the threat: any page it opens can send requests to
-`127.0.0.1:3001`. So a request
+Without one (the default), only this machine may call: a request that came in on an
+address other than loopback (the ASGI scope's `server`: `hypercorn vssnode.asgi:app
+--bind 0.0.0.0:3001` reached from the network) is refused with `403 ApiTokenRequired`.
+`vssnode run` refuses such a `--listen` at start already; this check holds under any
+ASGI server. Then the browser on the operator's machine is the threat: any page it
+opens can send requests to `127.0.0.1:3001`. So a request
 - must name this server in `Host`: the address it came in on (the ASGI scope's
   `server`, which is right under plain hypercorn too), `localhost`, `127.0.0.1` or
   `[::1]`, with its port. A DNS-rebinding page names its own host and is refused;
 - must not carry an `Origin` other than `http://` + that Host, nor
   `Sec-Fetch-Site: cross-site`, which browsers add to another site's requests.
+  Each value of a repeated header is checked; two Host headers are refused.
 Refusals are `403 ForbiddenOrigin`; nothing runs.
 """
 
@@ -20,6 +24,7 @@ import hmac
 from typing import Any
 
 from node import errors
+from vss.serve import is_loopback_host
 
 _LOOPBACK_NAMES = ("localhost", "127.0.0.1", "[::1]")
 
@@ -31,15 +36,23 @@ def check_caller(request: Any, api_token: str | None) -> None:
         if not hmac.compare_digest(given.encode(), f"Bearer {api_token}".encode()):
             raise errors.Unauthorized("missing or wrong API token (Authorization: Bearer ...)")
         return
-    host = request.headers.get("Host", "")
-    if host not in allowed_hosts(request.scope.get("server")):
-        raise errors.ForbiddenOrigin(
-            f"Host {host[:100]!r} is not this node; call it as http://127.0.0.1:PORT (or set an API token)"
+    server = request.scope.get("server")
+    if server and not is_loopback_host(server[0]):
+        raise errors.ApiTokenRequired(
+            "this node has no API token, so it answers on loopback only; set one (--api-token-file or "
+            "VSSNODE_API_TOKEN) to call it from other machines"
         )
-    origin = request.headers.get("Origin")
-    if origin is not None and origin != f"http://{host}":
+    # Every value of a repeated header counts: a check of the first one alone would let a
+    # request pass that another reader of the headers (a proxy, the app) takes otherwise.
+    hosts = request.headers.getlist("Host")
+    host = hosts[0] if len(hosts) == 1 else ""
+    if host not in allowed_hosts(server):
+        raise errors.ForbiddenOrigin(
+            f"Host {', '.join(hosts)[:100]!r} is not this node; call it as http://127.0.0.1:PORT (or set an API token)"
+        )
+    if any(origin != f"http://{host}" for origin in request.headers.getlist("Origin")):
         raise errors.ForbiddenOrigin("requests from another site's page are refused; set an API token for remote use")
-    if request.headers.get("Sec-Fetch-Site", "").lower() == "cross-site":
+    if any(site.lower() == "cross-site" for site in request.headers.getlist("Sec-Fetch-Site")):
         raise errors.ForbiddenOrigin("requests from another site's page are refused; set an API token for remote use")
 
 

@@ -137,10 +137,11 @@ def create_app(config: NodeConfig, **node_kwargs: Any) -> Quart:
         if request.mimetype != "application/json":
             raise errors.UnsupportedMediaType("send the JSON body with Content-Type: application/json")
         # Parsed by hand: Quart's get_json(silent=True) still raises on bytes that are
-        # not UTF-8, which would surface as a 500.
+        # not UTF-8, which would surface as a 500. A body nested deeper than the parser
+        # recurses (a few hundred kilobytes of "[") raises RecursionError, no ValueError.
         try:
             body = json.loads(data)
-        except ValueError:  # includes UnicodeDecodeError
+        except (ValueError, RecursionError):  # ValueError includes UnicodeDecodeError
             body = None
         if not isinstance(body, dict):
             raise errors.InvalidRequest("the body must be a JSON object")

@@ -10,8 +10,19 @@ confirm VSS_SERVER_AUTH=none: the app cannot know whether hypercorn binds loopba
 only) and VSS_SERVER_LOG_LEVEL (debug|info|warning|error, default info). TLS, the
 address and worker processes are hypercorn's own flags. Each hypercorn worker opens
 its own connections; both backends are safe to share.
+
+A wrong variable stops the worker with one line on stderr naming it, and exit status 2
+(hypercorn 0.18's parent process reports 0 for a worker that failed; with `--workers 0`
+the app runs in hypercorn's own process and its status is 2).
 """
 
-from vss.server.cli import app_from_env
+import sys
 
-app = app_from_env()
+from vss.server.cli import app_from_env
+from vss.server.settings import ServerConfigError
+
+try:
+    app = app_from_env()
+except ServerConfigError as exc:
+    print(f"vss-server: {exc}", file=sys.stderr, flush=True)
+    raise SystemExit(2) from None
