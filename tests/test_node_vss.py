@@ -240,7 +240,7 @@ async def test_restore_refuses_a_response_larger_than_any_value_can_be(tmp_path,
         with pytest.raises(errors.RestoreFailed, match="more than"):
             await node.unlock(PASSWORD)
         assert node.state is NodeState.LOCKED
-        assert node.store.all_items() == {}
+        assert local_items(node.store) == {}
     assert transport.pulled, "the restore never fetched the value"
     headroom = 2 * MiB  # the node's cap is the largest value, an eighth more, and 1 MiB
     assert all(pulled <= max_value + headroom for pulled in transport.pulled), transport.pulled
