@@ -193,3 +193,17 @@ def postgres_dsn() -> str:
     if auth_error is not None:
         raise auth_error  # reachable but unusable: a failure, not a skip
     pytest.skip("!!! PostgreSQL IS UNREACHABLE: PostgreSQL tests skipped !!! " + "; ".join(refused))
+
+
+def drop_postgres_schema(dsn: str, schema: str) -> None:
+    """Remove a schema a test made on the PostgreSQL server, with everything in it."""
+    import asyncpg
+
+    async def drop() -> None:
+        conn = await asyncpg.connect(dsn)
+        try:
+            await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+        finally:
+            await conn.close()
+
+    asyncio.run(drop())

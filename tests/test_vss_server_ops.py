@@ -27,6 +27,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from conftest import drop_postgres_schema
 from vss.auth import sign_header
 from vss.proto import vss_pb2 as pb
 
@@ -320,10 +321,8 @@ def test_health_is_503_while_the_database_is_unreachable_and_200_once_it_is_back
     in between closes every connection and stops listening). Expected: /health answers
     503 {"status": "unavailable"} saying the database does not answer, and logs it; once
     the database is reachable again /health is 200 without a restart."""
-    import asyncio
     import urllib.parse
 
-    import asyncpg
 
     dsn = urllib.parse.urlsplit(postgres_dsn)
     relay = TcpRelay((dsn.hostname or "127.0.0.1", dsn.port or 5432))
@@ -348,15 +347,7 @@ def test_health_is_503_while_the_database_is_unreachable_and_200_once_it_is_back
         assert back.json() == {"status": "ok"}
     finally:
         relay.cut()
-
-        async def drop() -> None:
-            conn = await asyncpg.connect(postgres_dsn)
-            try:
-                await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-            finally:
-                await conn.close()
-
-        asyncio.run(drop())
+        drop_postgres_schema(postgres_dsn, schema)
 
 
 def test_health_and_metrics_need_no_authorization(launch) -> None:

@@ -17,6 +17,7 @@ import httpx
 import pytest
 
 from asgiutil import serving
+from conftest import drop_postgres_schema
 from vss.auth import sign_header
 from vss.proto import vss_pb2 as pb
 from vss.serve import parse_listen
@@ -115,9 +116,7 @@ def test_sigint_stops_cleanly_and_data_persists(spawn_vss_server, tmp_path) -> N
 
 @pytest.mark.postgres
 def test_server_process_on_postgres(spawn_vss_server, postgres_dsn) -> None:
-    import asyncio
 
-    import asyncpg
 
     schema = f"vss_test_proc_{os.getpid()}_{uuid.uuid4().hex[:8]}"
     separator = "&" if "?" in postgres_dsn else "?"
@@ -125,15 +124,7 @@ def test_server_process_on_postgres(spawn_vss_server, postgres_dsn) -> None:
         server = spawn_vss_server(db=f"{postgres_dsn}{separator}schema={schema}")
         _put_then_get(server.url)
     finally:
-
-        async def drop() -> None:
-            conn = await asyncpg.connect(postgres_dsn)
-            try:
-                await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-            finally:
-                await conn.close()
-
-        asyncio.run(drop())
+        drop_postgres_schema(postgres_dsn, schema)
 
 
 def test_hypercorn_serves_the_asgi_app_from_environment(spawn_vss_server, tmp_path) -> None:
