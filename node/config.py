@@ -61,8 +61,7 @@ class NodeConfig:
     def __post_init__(self) -> None:
         if self.retry_queue_capacity < 1:
             raise ConfigError("--retry-queue-capacity must be at least 1")
-        if self.network not in NETWORKS:
-            raise ConfigError(f"unknown network {self.network!r}; use one of {', '.join(NETWORKS)}")
+        known_network(self.network)
         if self.vss_url is not None:
             validate_vss_url(self.vss_url, allow_http=self.vss_allow_http)
         if self.vss_verify_interval_s < 0:
@@ -115,6 +114,14 @@ def split_header(text: str) -> tuple[str, str]:
 # -- the table of options ------------------------------------------------------------------------
 
 
+def known_network(name: str) -> str:
+    """`name` if the node knows that network; ConfigError otherwise. Parsing the flag or
+    its variable with it lets the message name which one was wrong."""
+    if name not in NETWORKS:
+        raise ConfigError(f"unknown network {name!r}; use one of {', '.join(NETWORKS)}")
+    return name
+
+
 def _bool(text: str) -> bool:
     return text.strip().lower() in ("1", "true", "yes", "on")
 
@@ -158,7 +165,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("listen", "--listen", f"HOST:PORT of the node API (default {DEFAULT_LISTEN}); loopback unless an API token is set",
            metavar="HOST:PORT"),
     Option("network", "--network", "regtest, testnet, signet or mainnet (default regtest); recorded at init, "
-           "the data dir refuses any other", metavar="NAME"),
+           "the data dir refuses any other", known_network, metavar="NAME"),
     Option("vss_url", "--vss-url", "base URL of the VSS server, ending in /vss; enables backup and restore", metavar="URL"),
     Option("vss_allow_http", "--vss-allow-http", "allow plain http to a non-loopback VSS server", _bool, is_switch=True),
     Option("vss_allow_empty_restore", "--vss-allow-empty-restore",

@@ -78,6 +78,22 @@ def test_cli_exits_2_with_a_one_line_reason(tmp_path, args):
     assert not (tmp_path / "d").exists()  # nothing created
 
 
+def test_a_bad_variable_under_hypercorn_is_one_line_and_exit_2(tmp_path):
+    """`hypercorn 'vssnode.asgi:app'` with a VSSNODE_* value that cannot work: one line
+    naming the variable, no traceback, nothing created, status 2 (in hypercorn's own
+    process, `--workers 0`: its worker processes' status is lost by hypercorn 0.18)."""
+    import os
+
+    env = {**os.environ, "VSSNODE_DATA_DIR": str(tmp_path / "n"), "VSSNODE_NETWORK": "moonnet"}
+    hypercorn = Path(sys.executable).with_name("hypercorn")
+    result = subprocess.run([str(hypercorn), "vssnode.asgi:app", "--bind", "127.0.0.1:0", "--workers", "0"],
+                            env=env, capture_output=True, text=True, timeout=60)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1, result.stderr
+    assert lines[0].startswith("vssnode: VSSNODE_NETWORK: unknown network 'moonnet'") and "Traceback" not in result.stderr
+    assert not (tmp_path / "n").exists()
+
+
 def test_node_runs_as_a_plain_asgi_app_under_hypercorn(tmp_path):
     """`hypercorn 'vssnode.asgi:app'` configured by VSSNODE_* (a documented entry point)."""
     import os
