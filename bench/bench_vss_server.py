@@ -52,6 +52,7 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
+from tests.conftest import drop_postgres_schema  # noqa: E402
 from vss.auth import sign_header  # noqa: E402
 from vss.proto import vss_pb2 as pb  # noqa: E402
 
@@ -344,19 +345,6 @@ def postgres_reachable() -> bool:
         return False
 
 
-def drop_schema(schema: str) -> None:
-    import asyncpg
-
-    async def drop() -> None:
-        conn = await asyncpg.connect(POSTGRES_DSN)
-        try:
-            await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-        finally:
-            await conn.close()
-
-    asyncio.run(drop())
-
-
 def extract_baseline(rev: str, into: Path) -> Path:
     """The tree at `rev`, from git, in a directory of its own (nothing is checked out here)."""
     into.mkdir(parents=True)
@@ -475,7 +463,7 @@ def main() -> int:
                     results[variant.name] = bench_variant(variant, db, code_dir, workdir, args)
                 finally:
                     if schema is not None:
-                        drop_schema(schema)
+                        drop_postgres_schema(POSTGRES_DSN, schema)
             sections.append(table(backend, results))
     figures = "\n\n".join(sections)
     legend = "\n".join(f"- `{v.name}`: {v.what}" for v in variants)
